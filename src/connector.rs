@@ -1,0 +1,77 @@
+//! What a connector crate declares: its Graph data types and how its config selects them.
+
+use serde_json::Value;
+
+use crate::config::Options;
+use crate::types::ConfigError;
+
+/// One Graph list a connector reads, described once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataType {
+    /// Name in the config and in the cursor, e.g. `alerts`, `directory_audits`.
+    pub name: &'static str,
+    /// Event kind, e.g. `defender.alert`.
+    pub kind: &'static str,
+    /// Path under the Graph base, e.g. `/v1.0/security/alerts_v2`.
+    pub path: &'static str,
+    /// Application permissions that grant read access; any one is enough. The first is
+    /// the least privileged, the one to ask for.
+    pub permissions: &'static [&'static str],
+    /// The time field windows filter on (`ge`); also the version when `versioned`.
+    pub window_field: &'static str,
+    /// The time field that becomes the event's `timestamp`.
+    pub time_field: &'static str,
+    /// Records change after creation: the window field's value is the event `version`,
+    /// so each update is delivered again.
+    pub versioned: bool,
+    /// `$top`: the endpoint's documented maximum page size.
+    pub page_size: u32,
+    /// The endpoint documents `$orderby` on the window field.
+    pub order_by_window: bool,
+    /// How far each window reaches back before the newest record seen, so records Graph
+    /// shows late are not missed. Dedup absorbs the overlap.
+    pub overlap_secs: i64,
+}
+
+/// A data type as a config selected it, with its filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub data_type: &'static DataType,
+    /// An OData condition ANDed to the window filter.
+    pub filter: Option<String>,
+    pub expand: Option<&'static str>,
+}
+
+impl Query {
+    pub fn plain(data_type: &'static DataType) -> Self {
+        Query {
+            data_type,
+            filter: None,
+            expand: None,
+        }
+    }
+}
+
+/// A connector: the few facts specific to it. The library does the rest (OAuth, paging,
+/// retries, cursor, dedup, validation).
+pub trait Connector {
+    /// e.g. `defender-alerts`.
+    const NAME: &'static str;
+    /// The crate version: `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    const DESCRIPTION: &'static str;
+    const POLL_INTERVAL_SECS: u32;
+    /// Every data type the connector can read.
+    const DATA_TYPES: &'static [DataType];
+
+    /// JSON Schema `properties` of the connector's own config keys.
+    fn config_properties() -> Value;
+
+    /// Config keys the connector requires besides `tenant_id` and `client_id`.
+    fn required_keys() -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Reads the connector's own keys and says what to query.
+    fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError>;
+}

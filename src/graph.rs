@@ -1,0 +1,240 @@
+//! Graph list requests and pages: the query of a window, the page envelope, the fields
+//! of a record, and Graph's error body.
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::cloud::is_under;
+use crate::connector::Query;
+use crate::time::Timestamp;
+
+/// Characters escaped in a query value: everything but unreserved ones, so spaces,
+/// quotes, `+` and `&` in a `$filter` reach Graph intact.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a URL query value, form field or path segment.
+pub fn enc(s: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE)
+}
+
+/// The first page of a window: records whose window field is at or after `from`.
+/// Security lists take no `$orderby` and return newest first; lists that document
+/// `$orderby` (directory audits) are read oldest first.
+pub fn list_url(graph_base: &str, q: &Query, from: Timestamp) -> String {
+    let t = q.data_type;
+    let mut filter = format!("{} ge {}", t.window_field, from.to_filter());
+    if let Some(extra) = &q.filter {
+        filter = format!("{filter} and ({extra})");
+    }
+    let mut url = format!(
+        "{graph_base}{}?$filter={}&$top={}",
+        t.path,
+        enc(&filter),
+        t.page_size
+    );
+    if t.order_by_window {
+        url.push_str(&format!(
+            "&$orderby={}",
+            enc(&format!("{} asc", t.window_field))
+        ));
+    }
+    if let Some(expand) = q.expand {
+        url.push_str(&format!("&$expand={}", enc(expand)));
+    }
+    url
+}
+
+/// A one-record request that proves the permission and the licence, for `validate`.
+pub fn probe_url(graph_base: &str, q: &Query) -> String {
+    format!("{graph_base}{}?$top=1", q.data_type.path)
+}
+
+/// One page of a Graph collection. Records stay raw JSON: they reach the event unchanged.
+#[derive(Deserialize)]
+pub struct Page<'a> {
+    #[serde(borrow)]
+    pub value: Vec<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink")]
+    pub next_link: Option<String>,
+}
+
+pub fn parse_page(body: &[u8]) -> Result<Page<'_>, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the page is not a Graph collection: {e}"))
+}
+
+/// Refuses a nextLink that leaves the configured Graph host: the token goes with it.
+pub fn check_next_link(link: &str, graph_base: &str) -> Result<(), String> {
+    if is_under(link, graph_base) {
+        Ok(())
+    } else {
+        let shown: String = link.chars().take(120).collect();
+        Err(format!(
+            "Graph sent a next page link outside the configured Graph host {graph_base} ({shown}); \
+             it was not followed, so the access token was not sent there"
+        ))
+    }
+}
+
+/// Reads the named top-level string fields of a record, skipping everything else
+/// without building it. A field that is absent, null or not a string reads as `None`.
+pub fn string_fields<const N: usize>(
+    record: &RawValue,
+    names: [&str; N],
+) -> Result<[Option<String>; N], String> {
+    struct Fields<'n, const N: usize>(&'n [&'n str; N]);
+
+    impl<'de, const N: usize> DeserializeSeed<'de> for Fields<'_, N> {
+        type Value = [Option<String>; N];
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, const N: usize> Visitor<'de> for Fields<'_, N> {
+        type Value = [Option<String>; N];
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: [Option<String>; N] = std::array::from_fn(|_| None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match self.0.iter().position(|n| *n == key) {
+                    Some(i) => {
+                        out[i] = map
+                            .next_value::<serde_json::Value>()?
+                            .as_str()
+                            .map(str::to_string)
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(record.get());
+    Fields(&names)
+        .deserialize(&mut de)
+        .map_err(|e| format!("a record is not a JSON object: {e}"))
+}
+
+/// Graph's error body `{"error": {"code", "message"}}`, as `code: message`.
+pub fn error_text(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let e: Envelope = serde_json::from_slice(body).ok()?;
+    Some(format!(
+        "{}: {}",
+        e.error.code,
+        e.error.message.chars().take(300).collect::<String>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::{DataType, Query};
+
+    const ALERTS: DataType = DataType {
+        name: "alerts",
+        kind: "defender.alert",
+        path: "/v1.0/security/alerts_v2",
+        permissions: &["SecurityAlert.Read.All"],
+        window_field: "lastUpdateDateTime",
+        time_field: "createdDateTime",
+        versioned: true,
+        page_size: 2000,
+        order_by_window: false,
+        overlap_secs: 600,
+    };
+
+    #[test]
+    fn list_url_filters_the_window_and_encodes_it() {
+        let q = Query {
+            data_type: &ALERTS,
+            filter: Some("serviceSource eq 'microsoftDefenderForEndpoint'".into()),
+            expand: None,
+        };
+        let from = Timestamp::parse("2026-11-19T12:00:00.5Z").unwrap();
+        assert_eq!(
+            list_url("https://graph.microsoft.com", &q, from),
+            "https://graph.microsoft.com/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20%28serviceSource%20eq%20%27microsoftDefenderForEndpoint%27%29&$top=2000"
+        );
+        const AUDITS: DataType = DataType {
+            order_by_window: true,
+            ..ALERTS
+        };
+        let q = Query {
+            data_type: &AUDITS,
+            filter: None,
+            expand: Some("alerts"),
+        };
+        assert!(
+            list_url("https://g", &q, from)
+                .ends_with("&$top=2000&$orderby=lastUpdateDateTime%20asc&$expand=alerts")
+        );
+    }
+
+    #[test]
+    fn pages_keep_records_raw() {
+        let body = br#"{"@odata.context":"x","value":[{"id":"a","n":{"deep":[1,2]}},{"id":"b"}],"@odata.nextLink":"https://g/next"}"#;
+        let page = parse_page(body).unwrap();
+        assert_eq!(page.value[0].get(), r#"{"id":"a","n":{"deep":[1,2]}}"#);
+        assert_eq!(page.next_link.as_deref(), Some("https://g/next"));
+        assert!(parse_page(b"{\"value\": [").is_err());
+        assert!(parse_page(b"<html>").is_err());
+        assert!(parse_page(br#"{"value": {}}"#).is_err());
+    }
+
+    #[test]
+    fn reads_only_the_named_fields() {
+        let page = parse_page(br#"{"value":[{"x":{"id":"nested"},"id":"a1","createdDateTime":"2026-01-01T00:00:00Z","n":null,"num":5}, 7]}"#).unwrap();
+        let [id, created, n, num, missing] =
+            string_fields(page.value[0], ["id", "createdDateTime", "n", "num", "nope"]).unwrap();
+        assert_eq!(id.as_deref(), Some("a1"));
+        assert_eq!(created.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!((n, num, missing), (None, None, None));
+        assert!(string_fields(page.value[1], ["id"]).is_err());
+    }
+
+    #[test]
+    fn graph_errors_and_next_links() {
+        assert_eq!(
+            error_text(
+                br#"{"error":{"code":"Forbidden","message":"Missing role","innerError":{}}}"#
+            )
+            .as_deref(),
+            Some("Forbidden: Missing role")
+        );
+        assert_eq!(error_text(b"oops"), None);
+        assert!(
+            check_next_link(
+                "https://graph.microsoft.com/v1.0/x?$skip=1",
+                "https://graph.microsoft.com"
+            )
+            .is_ok()
+        );
+        let e = check_next_link(
+            "https://attacker.example/v1.0/x",
+            "https://graph.microsoft.com",
+        )
+        .unwrap_err();
+        assert!(e.contains("attacker.example") && e.contains("not sent"));
+    }
+}

@@ -1,0 +1,585 @@
+//! Behaviour of a connector instance against a scripted host: windows and paging,
+//! dedup across overlapping windows, token refresh, throttling, bounded retries,
+//! refused next links, the backfill lock and every validation cause.
+
+use serde_json::{Value, json};
+
+use crate::config::Options;
+use crate::connector::{Connector, DataType, Query};
+use crate::cursor::Cursor;
+use crate::runtime::Instance;
+use crate::testing::{CLIENT, FakePlatform, TENANT, token_error, token_ok};
+use crate::time::Timestamp;
+use crate::types::{Batch, ConfigError, HttpError, PollError, ValidationCode};
+
+const ALERTS: DataType = DataType {
+    name: "alerts",
+    kind: "defender.alert",
+    path: "/v1.0/security/alerts_v2",
+    permissions: &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"],
+    window_field: "lastUpdateDateTime",
+    time_field: "createdDateTime",
+    versioned: true,
+    page_size: 2,
+    order_by_window: false,
+    overlap_secs: 600,
+};
+
+const AUDITS: DataType = DataType {
+    name: "audits",
+    kind: "test.audit",
+    path: "/v1.0/auditLogs/directoryAudits",
+    permissions: &["AuditLog.Read.All"],
+    window_field: "activityDateTime",
+    time_field: "activityDateTime",
+    versioned: false,
+    page_size: 2,
+    order_by_window: true,
+    overlap_secs: 600,
+};
+
+struct Test;
+
+impl Connector for Test {
+    const NAME: &'static str = "test";
+    const VERSION: &'static str = "0.0.1";
+    const DESCRIPTION: &'static str = "test connector";
+    const POLL_INTERVAL_SECS: u32 = 60;
+    const DATA_TYPES: &'static [DataType] = &[ALERTS, AUDITS];
+
+    fn config_properties() -> Value {
+        json!({"types": {"type": "array"}})
+    }
+
+    fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError> {
+        let types = options
+            .string_list("types")?
+            .unwrap_or_else(|| vec!["alerts".into()]);
+        Ok(Test::DATA_TYPES
+            .iter()
+            .filter(|t| types.iter().any(|n| n == t.name))
+            .map(Query::plain)
+            .collect())
+    }
+}
+
+const GRAPH: &str = "https://graph.microsoft.com";
+
+fn instance(p: &FakePlatform, extra: &str) -> Instance {
+    let doc =
+        format!(r#"{{"tenant_id":"{TENANT}","client_id":"{CLIENT}","backfill_days":1{extra}}}"#);
+    Instance::configure::<Test>(p, &doc).unwrap()
+}
+
+fn alert(id: &str, updated: &str) -> Value {
+    json!({"id": id, "createdDateTime": "2026-11-19T00:00:00Z", "lastUpdateDateTime": updated, "title": "t"})
+}
+
+fn page(records: Vec<Value>, next: Option<&str>) -> Value {
+    match next {
+        Some(n) => json!({"value": records, "@odata.nextLink": n}),
+        None => json!({"value": records}),
+    }
+}
+
+/// Polls like the host: commit on success, roll back on failure.
+fn poll(i: &mut Instance, p: &FakePlatform, cursor: Option<&str>) -> Result<Batch, PollError> {
+    let r = i.poll(p, cursor);
+    if r.is_ok() {
+        p.commit()
+    } else {
+        p.rollback()
+    }
+    r
+}
+
+fn ids(b: &Batch) -> Vec<(String, String)> {
+    b.events
+        .iter()
+        .map(|e| (e.id.clone(), e.version.clone()))
+        .collect()
+}
+
+#[test]
+fn backfill_pages_the_whole_window_before_moving_the_watermark() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    let next = format!("{GRAPH}/v1.0/security/alerts_v2?$skip=2");
+    p.respond_json(
+        200,
+        page(
+            vec![
+                alert("a3", "2026-11-20T11:00:00Z"),
+                alert("a2", "2026-11-20T10:00:00Z"),
+            ],
+            Some(&next),
+        ),
+    );
+    let first = poll(&mut i, &p, None).unwrap();
+    assert!(first.more, "a next page is pending");
+    assert_eq!(
+        ids(&first),
+        [
+            ("a3".into(), "2026-11-20T11:00:00Z".into()),
+            ("a2".into(), "2026-11-20T10:00:00Z".into())
+        ]
+    );
+    let e = &first.events[0];
+    assert_eq!(
+        (e.kind.as_str(), e.timestamp.as_str()),
+        ("defender.alert", "2026-11-19T00:00:00Z")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&e.payload).unwrap(),
+        alert("a3", "2026-11-20T11:00:00Z")
+    );
+    assert_eq!(
+        p.urls()[1],
+        format!(
+            "{GRAPH}/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z&$top=2"
+        ),
+        "the first window starts backfill_days before now"
+    );
+    let c = Cursor::decode(&first.cursor, "test").unwrap();
+    assert_eq!(
+        c.streams["alerts"].from, "2026-11-19T12:00:00.000000000Z",
+        "watermark holds while paging"
+    );
+
+    p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
+    let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
+    assert!(!second.more);
+    assert_eq!(ids(&second), [("a1".into(), "2026-11-19T13:00:00Z".into())]);
+    assert_eq!(p.urls()[2], next, "the next link is followed as given");
+    let c = Cursor::decode(&second.cursor, "test").unwrap();
+    assert_eq!(
+        c.streams["alerts"].from, "2026-11-20T10:50:00.000000000Z",
+        "newest seen minus the overlap"
+    );
+    assert_eq!(p.requests().len(), 3, "one token for the whole backfill");
+}
+
+#[test]
+fn overlapping_windows_deliver_each_version_once() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(
+        200,
+        page(
+            vec![
+                alert("a1", "2026-11-20T11:55:00Z"),
+                alert("a0", "2026-11-20T11:00:00Z"),
+            ],
+            None,
+        ),
+    );
+    let first = poll(&mut i, &p, None).unwrap();
+    assert_eq!(first.events.len(), 2);
+
+    // The next window reaches back 10 minutes: a1 comes again unchanged, a0 updated, a2 new.
+    p.now.set(p.now.get().plus_secs(120));
+    p.respond_json(
+        200,
+        page(
+            vec![
+                alert("a2", "2026-11-20T12:01:00Z"),
+                alert("a0", "2026-11-20T11:58:00Z"),
+                alert("a1", "2026-11-20T11:55:00Z"),
+            ],
+            None,
+        ),
+    );
+    let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
+    assert_eq!(
+        ids(&second),
+        [
+            ("a2".into(), "2026-11-20T12:01:00Z".into()),
+            ("a0".into(), "2026-11-20T11:58:00Z".into())
+        ]
+    );
+    assert!(
+        p.urls()[2].contains("ge%202026-11-20T11%3A45%3A00Z"),
+        "{}",
+        p.urls()[2]
+    );
+
+    // A restart (new instance, same KV and cursor) still remembers what was delivered.
+    let mut restarted = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![alert("a2", "2026-11-20T12:01:00Z")], None));
+    assert!(
+        poll(&mut restarted, &p, Some(&second.cursor))
+            .unwrap()
+            .events
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(401, json!({"error": {"code": "InvalidAuthenticationToken", "message": "Lifetime validation failed"}}));
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![alert("a1", "2026-11-20T11:00:00Z")], None));
+    let b = poll(&mut i, &p, None).unwrap();
+    assert_eq!(b.events.len(), 1);
+    let methods: Vec<String> = p.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET", "POST", "GET"],
+        "one refresh, one retry"
+    );
+
+    p.respond_json(
+        401,
+        json!({"error": {"code": "InvalidAuthenticationToken", "message": "x"}}),
+    );
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(
+        401,
+        json!({"error": {"code": "InvalidAuthenticationToken", "message": "still"}}),
+    );
+    match poll(&mut i, &p, Some(&b.cursor)) {
+        Err(PollError::Auth(m)) => assert!(m.contains("401") && m.contains("still"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_token_is_reused_until_shortly_before_expiry() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    let mut cursor = None;
+    for minute in [0, 30, 54] {
+        p.now.set(
+            Timestamp::parse("2026-11-20T12:00:00Z")
+                .unwrap()
+                .plus_secs(minute * 60),
+        );
+        p.respond_json(200, page(vec![], None));
+        cursor = Some(poll(&mut i, &p, cursor.as_deref()).unwrap().cursor);
+    }
+    assert_eq!(
+        p.requests().iter().filter(|r| r.method == "POST").count(),
+        1
+    );
+    p.now.set(p.now.get().plus_secs(60));
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![], None));
+    poll(&mut i, &p, cursor.as_deref()).unwrap();
+    assert_eq!(
+        p.requests().iter().filter(|r| r.method == "POST").count(),
+        2,
+        "renewed 5 minutes before expiry"
+    );
+}
+
+#[test]
+fn throttling_is_honoured_and_keeps_the_cursor() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond(429, &[("retry-after", "30")], b"{}");
+    match poll(&mut i, &p, None) {
+        Err(PollError::RateLimited(r)) => assert_eq!(r.after_secs, 30),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        p.kv.borrow().get("instance").is_none(),
+        "a failed poll leaves no state behind"
+    );
+    p.respond(429, &[], b"{}");
+    match poll(&mut i, &p, None) {
+        Err(PollError::RateLimited(r)) => assert!(
+            (1..=2).contains(&r.after_secs),
+            "backoff when not told: {r:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    p.respond_json(200, page(vec![alert("a1", "2026-11-20T11:00:00Z")], None));
+    assert_eq!(poll(&mut i, &p, None).unwrap().events.len(), 1);
+    assert_eq!(
+        p.kv.borrow()["retry:attempts"],
+        "0",
+        "success resets the count"
+    );
+}
+
+#[test]
+fn transient_failures_back_off_then_give_up() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    let mut waits = Vec::new();
+    for n in 0..5 {
+        if n % 2 == 0 {
+            p.respond(502, &[], b"bad gateway")
+        } else {
+            p.respond_err(HttpError::Connection("reset".into()))
+        }
+        match poll(&mut i, &p, None) {
+            Err(PollError::Transient(r)) => waits.push(r.after_secs),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32]);
+    p.respond_err(HttpError::Timeout);
+    match poll(&mut i, &p, None) {
+        Err(PollError::Fatal(m)) => assert!(
+            m.contains("gave up after 5 attempts") && m.contains("did not answer in time"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    p.respond(500, &[], b"");
+    assert!(
+        matches!(poll(&mut i, &p, None), Err(PollError::Transient(r)) if r.after_secs == 2),
+        "count starts over"
+    );
+}
+
+#[test]
+fn a_malformed_page_fails_the_poll_without_moving_anything() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond(200, &[], b"{\"value\": [{\"id\": \"a1\"");
+    match poll(&mut i, &p, None) {
+        Err(PollError::Transient(r)) => assert!(
+            r.message.contains("not a Graph collection"),
+            "{}",
+            r.message
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.kv.borrow().keys().all(|k| k == "retry:attempts"));
+}
+
+#[test]
+fn records_without_id_or_time_are_skipped_with_a_warning() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(
+        200,
+        page(
+            vec![
+                json!({"title": "no id"}),
+                json!({"id": "x", "lastUpdateDateTime": "soon"}),
+                json!(7),
+                alert("a1", "2026-11-20T11:00:00Z"),
+            ],
+            None,
+        ),
+    );
+    assert_eq!(
+        ids(&poll(&mut i, &p, None).unwrap()),
+        [("a1".into(), "2026-11-20T11:00:00Z".into())]
+    );
+    assert!(
+        p.logs
+            .borrow()
+            .iter()
+            .any(|(_, m)| m.contains("skipped 3 record(s)"))
+    );
+}
+
+#[test]
+fn a_foreign_next_link_is_refused_and_gets_no_token() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(
+        200,
+        page(
+            vec![alert("a1", "2026-11-20T11:00:00Z")],
+            Some("https://collector.evil.example/v1.0/security/alerts_v2?$skip=2"),
+        ),
+    );
+    match poll(&mut i, &p, None) {
+        Err(PollError::Fatal(m)) => assert!(
+            m.contains("collector.evil.example") && m.contains("not sent"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.urls().iter().all(|u| !u.contains("evil")));
+    // Even a cursor tampered to point elsewhere is not followed.
+    let tampered = r#"{"v":1,"connector":"test","streams":{"alerts":{"from":"2026-11-19T12:00:00Z","next":"https://graph.microsoft.com.evil.example/x"}}}"#;
+    assert!(matches!(
+        poll(&mut i, &p, Some(tampered)),
+        Err(PollError::Fatal(_))
+    ));
+    assert_eq!(p.requests().len(), 2);
+}
+
+#[test]
+fn a_corrupt_or_foreign_cursor_is_a_clear_error() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    for bad in ["garbage", r#"{"v":1,"connector":"other","streams":{}}"#] {
+        match poll(&mut i, &p, Some(bad)) {
+            Err(PollError::Fatal(m)) => assert!(m.contains("cursor"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(p.requests().is_empty());
+}
+
+#[test]
+fn backfill_days_is_fixed_once_the_instance_has_state() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![], None));
+    poll(&mut i, &p, None).unwrap();
+    let doc = |days: u32| {
+        format!(r#"{{"tenant_id":"{TENANT}","client_id":"{CLIENT}","backfill_days":{days}}}"#)
+    };
+    assert!(Instance::configure::<Test>(&p, &doc(1)).is_ok());
+    let e = Instance::configure::<Test>(&p, &doc(14)).err().unwrap();
+    assert_eq!(e.key, "backfill_days");
+    assert!(
+        e.message.contains("created with backfill_days 1")
+            && e.remedy.contains("delete the instance"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn data_types_advance_independently_and_new_ones_start_at_the_origin() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(
+        200,
+        token_ok(&["SecurityAlert.Read.All", "AuditLog.Read.All"]),
+    );
+    p.respond_json(200, page(vec![alert("a1", "2026-11-20T11:00:00Z")], None));
+    let first = poll(&mut i, &p, None).unwrap();
+
+    // A day later the user adds audits: they start at the original boundary, not at now.
+    p.now.set(p.now.get().plus_secs(86_400));
+    let mut both = instance(&p, r#","types":["alerts","audits"]"#);
+    p.respond_json(
+        200,
+        token_ok(&["SecurityAlert.Read.All", "AuditLog.Read.All"]),
+    );
+    p.respond(503, &[], b"");
+    p.respond_json(
+        200,
+        page(
+            vec![json!({"id": "d1", "activityDateTime": "2026-11-20T00:00:00Z"})],
+            None,
+        ),
+    );
+    let second = poll(&mut both, &p, Some(&first.cursor)).unwrap();
+    assert_eq!(ids(&second), [("d1".into(), String::new())]);
+    assert!(p.urls().last().unwrap().contains(
+        "activityDateTime%20ge%202026-11-19T12%3A00%3A00Z&$top=2&$orderby=activityDateTime%20asc"
+    ));
+    let c = Cursor::decode(&second.cursor, "test").unwrap();
+    assert_eq!(
+        c.streams["alerts"].from,
+        Cursor::decode(&first.cursor, "test").unwrap().streams["alerts"].from,
+        "the failed type kept its place"
+    );
+    assert!(
+        p.logs
+            .borrow()
+            .iter()
+            .any(|(_, m)| m.starts_with("alerts:")),
+        "the failure names its type"
+    );
+}
+
+fn validate_with(
+    roles: &[&str],
+    probe: Option<(u16, Value)>,
+    extra: &str,
+) -> Result<(), crate::types::ValidationError> {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, extra);
+    p.respond_json(200, token_ok(roles));
+    if let Some((status, body)) = probe {
+        p.respond_json(status, body);
+    }
+    let r = i.validate(&p);
+    assert_eq!(p.unused_responses(), 0);
+    r
+}
+
+#[test]
+fn validate_names_each_cause() {
+    assert!(
+        validate_with(
+            &["SecurityAlert.Read.All"],
+            Some((200, json!({"value": []}))),
+            ""
+        )
+        .is_ok()
+    );
+    assert!(
+        validate_with(
+            &["SecurityAlert.ReadWrite.All"],
+            Some((200, json!({"value": []}))),
+            ""
+        )
+        .is_ok(),
+        "a higher privilege also works"
+    );
+
+    let e = validate_with(&[], None, "").unwrap_err();
+    assert_eq!(e.code, ValidationCode::NoAdminConsent);
+    assert!(
+        e.remedy.contains("SecurityAlert.Read.All") && e.remedy.contains("Grant admin consent")
+    );
+
+    let e = validate_with(
+        &["SecurityIncident.Read.All"],
+        None,
+        r#","types":["alerts","audits"]"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ValidationCode::MissingPermission);
+    assert!(
+        e.message.contains(
+            "SecurityAlert.Read.All (needed for alerts), AuditLog.Read.All (needed for audits)"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("it has SecurityIncident.Read.All"));
+
+    let e = validate_with(
+        &["SecurityAlert.Read.All"],
+        Some((
+            403,
+            json!({"error": {"code": "Forbidden", "message": "no licence"}}),
+        )),
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ValidationCode::ApiUnavailable);
+    assert!(e.message.contains("no licence") && e.remedy.contains("licence"));
+
+    for (aadsts, code) in [
+        (90002, ValidationCode::TenantNotFound),
+        (700016, ValidationCode::ClientNotFound),
+        (7000215, ValidationCode::InvalidSecret),
+        (7000222, ValidationCode::SecretExpired),
+    ] {
+        let p = FakePlatform::new();
+        let mut i = instance(&p, "");
+        p.respond_json(400, token_error(aadsts));
+        assert_eq!(i.validate(&p).unwrap_err().code, code);
+    }
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_err(HttpError::Connection("dns".into()));
+    assert_eq!(i.validate(&p).unwrap_err().code, ValidationCode::Network);
+}
