@@ -29,7 +29,13 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for c in CONNECTORS {
         cmd.args(["-p", c]);
@@ -48,7 +54,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("run cargo to build the connector components");
+    let status = cmd
+        .status()
+        .expect("run cargo to build the connector components");
     if !status.success() {
         panic!(
             "building the connector components failed (is the target installed? \

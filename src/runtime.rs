@@ -369,7 +369,9 @@ impl Instance {
             backfill_days: self.config.backfill_days,
             origin: origin.to_rfc3339(),
         };
-        p.kv_set(
+        // Written at once: the backfill boundary is fixed when the instance first polls,
+        // and must not drift forward while a failing first poll is retried.
+        p.kv_set_now(
             ORIGIN_KEY,
             &serde_json::to_string(&record).expect("serializes"),
         )

@@ -1,0 +1,421 @@
+//! The `connector-host` command line (the CLI contract of DESIGN.md).
+//! Exit codes: 0 ok, 1 the connector reported an error, 2 usage or config error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::SystemClock;
+use crate::engine::{HostEngine, Limits, LoadedComponent};
+use crate::fixture::{ReplayOptions, ReplayReport, replay};
+use crate::imports::http::NetworkTransport;
+use crate::redact::Redactor;
+use crate::runner::{RunError, RunSetup, Runner};
+use crate::secrets::Secrets;
+use crate::sink::Sink;
+use crate::state::StateDb;
+
+#[derive(Parser)]
+#[command(
+    name = "connector-host",
+    version,
+    about = "Runs security connector components (WASI 0.2)"
+)]
+struct Cli {
+    /// Log filter for stderr: error, warn, info, debug, trace (or a tracing filter).
+    /// `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Where compiled components are cached (default ~/.cache/connector-host).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prints the connector's metadata and config schema as JSON.
+    Describe { component: PathBuf },
+    /// Checks the config and credentials against the tenant: prints `ok` or the cause.
+    Validate {
+        component: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        secrets: SecretArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Polls the tenant and writes events as JSON lines.
+    Run {
+        component: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        /// SQLite state file (cursor, KV, outbox); created if missing.
+        #[arg(long)]
+        state: PathBuf,
+        #[command(flatten)]
+        secrets: SecretArgs,
+        /// Output file for event lines, appended to; `-` is stdout.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        /// Poll until caught up, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between polls (default: the connector's suggestion).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// The instance's name in the state file and in event lines (default: the config
+        /// file's name without extension).
+        #[arg(long)]
+        instance: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Replays a recorded fixture scenario: no network, virtual time.
+    Replay {
+        component: PathBuf,
+        #[arg(long)]
+        fixture: PathBuf,
+        /// Replaces the scenario's config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        /// State file to keep (default: in memory).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Runs the Defender Alerts connector on a bundled fixture (no cloud account needed).
+    Demo {
+        /// Scenario under fixtures/defender-alerts/.
+        #[arg(long, default_value = "incremental")]
+        scenario: String,
+    },
+}
+
+#[derive(Args)]
+struct SecretArgs {
+    /// JSON file `{"client-secret": "..."}`; default: `CONNECTOR_SECRET_<NAME>` variables.
+    #[arg(long)]
+    secrets: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Memory cap per instance, MiB.
+    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+    memory_mb: usize,
+    /// Execution time per call into the component (host calls excluded), seconds.
+    #[arg(long, default_value_t = Limits::default().deadline.as_secs())]
+    deadline_secs: u64,
+    /// Upper bound for one HTTP exchange, seconds.
+    #[arg(long, default_value_t = Limits::default().http_timeout.as_secs())]
+    http_timeout_secs: u64,
+    /// Largest HTTP response body, MiB.
+    #[arg(long, default_value_t = Limits::default().http_body_bytes >> 20)]
+    max_body_mb: u64,
+}
+
+impl From<&LimitArgs> for Limits {
+    fn from(a: &LimitArgs) -> Limits {
+        Limits {
+            memory_bytes: a.memory_mb << 20,
+            deadline: Duration::from_secs(a.deadline_secs),
+            http_timeout: Duration::from_secs(a.http_timeout_secs),
+            http_body_bytes: a.max_body_mb << 20,
+        }
+    }
+}
+
+/// A failure of the CLI: the message (one line) and the exit code.
+struct Failure(u8, String);
+
+impl Failure {
+    fn usage(m: impl std::fmt::Display) -> Self {
+        Failure(2, m.to_string())
+    }
+    fn connector(m: impl std::fmt::Display) -> Self {
+        Failure(1, m.to_string())
+    }
+}
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Self {
+        Failure(e.exit_code(), e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn execute(cli: Cli) -> Result<(), Failure> {
+    let cache = cli.cache_dir.or_else(HostEngine::default_cache_dir);
+    let engine = HostEngine::new(cache).map_err(|e| Failure::connector(format!("{e:#}")))?;
+    let load = |path: &Path| engine.load(path).map_err(Failure::usage);
+    match cli.command {
+        Command::Describe { component } => {
+            let component = load(&component)?;
+            describe(&component)
+        }
+        Command::Validate {
+            component,
+            config,
+            secrets,
+            limits,
+        } => {
+            let setup = setup(
+                load(&component)?,
+                &config,
+                None,
+                &secrets,
+                Path::new(":memory:"),
+                (&limits).into(),
+            )?;
+            let line = setup.validate()?;
+            println!("{line}");
+            match line.as_str() {
+                "ok" => Ok(()),
+                l if l.starts_with("error: invalid-config") => {
+                    Err(Failure(2, "invalid config".into()))
+                }
+                _ => Err(Failure(1, "validation failed".into())),
+            }
+        }
+        Command::Run {
+            component,
+            config,
+            state,
+            secrets,
+            out,
+            once,
+            interval,
+            instance,
+            limits,
+        } => {
+            let component = load(&component)?;
+            let setup = setup(
+                component,
+                &config,
+                instance,
+                &secrets,
+                &state,
+                (&limits).into(),
+            )?;
+            let stop = setup.stop.clone();
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // A second signal ends the process at once; the first finishes the poll.
+                signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+                    .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+                    .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
+            }
+            let sink = Sink::open(&out).map_err(Failure::usage)?;
+            let mut runner = Runner::new(setup, sink)?;
+            let interval = match interval {
+                Some(s) => Duration::from_secs(s),
+                None => Duration::from_secs(runner.poll_interval_secs().max(1).into()),
+            };
+            runner.run(once, interval).map_err(Failure::from)
+        }
+        Command::Replay {
+            component,
+            fixture,
+            config,
+            out,
+            state,
+            limits,
+        } => {
+            let component = load(&component)?;
+            let config = config.map(|p| read_config(&p)).transpose()?;
+            replay_to(&component, &fixture, config, &out, state, (&limits).into())
+        }
+        Command::Demo { scenario } => {
+            let component = load(&crate::component_path("defender-alerts"))?;
+            let fixture = crate::fixtures_dir()
+                .join("defender-alerts")
+                .join(&scenario);
+            replay_to(
+                &component,
+                &fixture,
+                None,
+                Path::new("-"),
+                None,
+                Limits::default(),
+            )
+        }
+    }
+}
+
+fn describe(component: &LoadedComponent) -> Result<(), Failure> {
+    let setup = RunSetup {
+        component: component.clone(),
+        instance: "describe".into(),
+        config: "{}".into(),
+        secrets: Secrets::default(),
+        state: Arc::new(Mutex::new(
+            StateDb::open(Path::new(":memory:")).map_err(Failure::usage)?,
+        )),
+        transport: Arc::new(NetworkTransport::default()),
+        clock: Arc::new(SystemClock),
+        redactor: Redactor::default(),
+        limits: Limits::default(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let m = setup.describe()?;
+    let schema: serde_json::Value = serde_json::from_str(&m.config_schema)
+        .unwrap_or(serde_json::Value::String(m.config_schema));
+    let doc = serde_json::json!({
+        "name": m.name,
+        "version": m.version,
+        "description": m.description,
+        "event_kinds": m.event_kinds,
+        "permissions": m.permissions,
+        "poll_interval_secs": m.poll_interval_secs,
+        "config_schema": schema,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).expect("JSON serializes")
+    );
+    Ok(())
+}
+
+fn read_config(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the config file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn setup(
+    component: LoadedComponent,
+    config_path: &Path,
+    instance: Option<String>,
+    secrets: &SecretArgs,
+    state: &Path,
+    limits: Limits,
+) -> Result<RunSetup, Failure> {
+    let config = read_config(config_path)?;
+    let secrets = match &secrets.secrets {
+        Some(path) => Secrets::from_file(path).map_err(Failure::usage)?,
+        None => Secrets::from_env(),
+    };
+    let redactor = Redactor::default();
+    secrets.register(&redactor);
+    let instance = match instance {
+        Some(name) => name,
+        None => config_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Failure::usage("cannot name the instance after the config file; pass --instance")
+            })?,
+    };
+    let state = StateDb::open(state).map_err(Failure::usage)?;
+    Ok(RunSetup {
+        component,
+        instance,
+        config,
+        secrets,
+        state: Arc::new(Mutex::new(state)),
+        transport: Arc::new(NetworkTransport::default()),
+        clock: Arc::new(SystemClock),
+        redactor,
+        limits,
+        stop: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+fn replay_to(
+    component: &LoadedComponent,
+    fixture: &Path,
+    config: Option<String>,
+    out: &Path,
+    state: Option<PathBuf>,
+    limits: Limits,
+) -> Result<(), Failure> {
+    let to_stdout = out == Path::new("-");
+    let out_file = if to_stdout {
+        std::env::temp_dir().join(format!(
+            "connector-host-replay-{}.jsonl",
+            std::process::id()
+        ))
+    } else {
+        out.to_path_buf()
+    };
+    let options = ReplayOptions {
+        config,
+        out: out_file.clone(),
+        state: state.unwrap_or_else(|| ":memory:".into()),
+        limits,
+    };
+    let result = replay(component, fixture, &options);
+    if to_stdout {
+        if let Ok(lines) = std::fs::read_to_string(&out_file) {
+            print!("{lines}");
+        }
+        let _ = std::fs::remove_file(&out_file);
+    }
+    let report = result.map_err(Failure::connector)?;
+    print_report(&report);
+    if report.matched() {
+        Ok(())
+    } else {
+        Err(Failure::connector(
+            "the component's requests did not match the recording (see above)",
+        ))
+    }
+}
+
+fn print_report(report: &ReplayReport) {
+    for (i, step) in report.steps.iter().enumerate() {
+        let requests: u64 = step.polls.iter().map(|p| p.requests).sum();
+        eprintln!(
+            "{} step {}: {:?}: {} ({} events, {} polls, {} requests)",
+            report.scenario,
+            i + 1,
+            step.action,
+            step.outcome,
+            step.events.len(),
+            step.polls.len(),
+            requests
+        );
+        for u in &step.unexpected {
+            eprintln!("  unexpected request: {u}");
+        }
+        for u in &step.unused {
+            eprintln!("  recorded but never requested: {u}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The wasmtime host for the security connector components.
+//!
+//! - [`engine`]: the wasmtime engine, the compiled-component cache and per-instance limits;
+//!   [`instance`]: one live component instance and the calls into it.
+//! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`).
+//! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines.
+//! - [`runner`]: the poll loop and its delivery guarantees; [`fixture`]: replay of recorded
+//!   HTTP exchanges; [`cli`]: the `connector-host` command line.
+
+pub mod bindings;
+pub mod cli;
+pub mod clock;
+pub mod engine;
+pub mod fixture;
+pub mod imports;
+pub mod instance;
+pub mod redact;
+pub mod runner;
+pub mod secrets;
+pub mod sink;
+pub mod state;
+
+use std::path::PathBuf;
+
+/// Where the build script put the release components of this workspace.
+pub fn component_path(connector: &str) -> PathBuf {
+    PathBuf::from(env!("COMPONENT_DIR")).join(format!("{}.wasm", connector.replace('-', "_")))
+}
+
+/// The bundled fixtures (`fixtures/` at the workspace root).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}

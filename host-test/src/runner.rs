@@ -1,0 +1,441 @@
+//! The poll loop of one instance and its delivery guarantees.
+//!
+//! Each successful poll's events, cursor and staged KV writes are committed to the state
+//! database in one transaction, then delivered from the outbox to the sink. A failed poll
+//! commits nothing and the next poll starts from the same cursor. Waits (interval,
+//! `Retry-After`, backoff, a spent call budget) go through the [`Clock`], so fixture replay
+//! runs them on virtual time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::bindings::{Batch, ConfigError, Event, PollError};
+use crate::clock::Clock;
+use crate::engine::{Limits, LoadedComponent};
+use crate::imports::{AllowList, Transport, Wiring};
+use crate::instance::{Instance, InstanceError};
+use crate::redact::Redactor;
+use crate::secrets::Secrets;
+use crate::sink::{EventLine, Sink, SinkError};
+use crate::state::{StateDb, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The connector reported a poll error that waiting will not fix (auth, fatal).
+    #[error("instance {instance}: {message}")]
+    Connector { instance: String, message: String },
+}
+
+impl RunError {
+    /// The CLI's exit code: 2 for a config the user must fix, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub fn format_config_error(e: &ConfigError) -> String {
+    let key = if e.key.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", e.key)
+    };
+    format!("{key}{} ({})", e.message, e.remedy)
+}
+
+/// Everything a runner needs to create (and re-create) its component instance.
+pub struct RunSetup {
+    pub component: LoadedComponent,
+    pub instance: String,
+    pub config: String,
+    pub secrets: Secrets,
+    pub state: Arc<Mutex<StateDb>>,
+    pub transport: Arc<dyn Transport>,
+    pub clock: Arc<dyn Clock>,
+    pub redactor: Redactor,
+    pub limits: Limits,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunSetup {
+    fn wiring(&self) -> Wiring {
+        Wiring {
+            instance: self.instance.clone(),
+            transport: self.transport.clone(),
+            allow: AllowList::from_config(&self.config),
+            http_timeout_cap: self.limits.http_timeout,
+            http_body_cap: self.limits.http_body_bytes,
+            secrets: self.secrets.clone(),
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            redactor: self.redactor.clone(),
+            memory_bytes: self.limits.memory_bytes,
+        }
+    }
+
+    /// The connector's metadata (no config needed).
+    pub fn describe(&self) -> Result<crate::bindings::Metadata, RunError> {
+        Ok(Instance::new(&self.component, self.wiring(), &self.limits)?.describe()?)
+    }
+
+    /// A fresh instance with the config applied.
+    pub fn configured_instance(&self) -> Result<Instance, RunError> {
+        let mut instance = Instance::new(&self.component, self.wiring(), &self.limits)?;
+        instance
+            .configure(&self.config)?
+            .map_err(|e| RunError::Config(self.redactor.redact(&format_config_error(&e))))?;
+        Ok(instance)
+    }
+
+    /// `validate` on a fresh instance: `ok` or `error: <code>: <message> (<remedy>)`, the
+    /// line the CLI prints.
+    pub fn validate(&self) -> Result<String, RunError> {
+        let mut instance = match self.configured_instance() {
+            Ok(i) => i,
+            Err(RunError::Config(m)) => return Ok(format!("error: invalid-config: {m}")),
+            Err(e) => return Err(e),
+        };
+        Ok(match instance.validate()? {
+            Ok(()) => "ok".into(),
+            Err(e) => self.redactor.redact(&format!(
+                "error: {}: {} ({})",
+                e.code.as_str(),
+                e.message,
+                e.remedy
+            )),
+        })
+    }
+}
+
+/// What one poll came to, as reports and tests see it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PollRecord {
+    /// `ok`, `rate-limited`, `transient`, `auth`, `fatal` or `trap`.
+    pub outcome: &'static str,
+    pub events: usize,
+    pub more: bool,
+    /// The wait that followed, in seconds (interval excluded).
+    pub wait_secs: u64,
+    pub requests: u64,
+    /// The error message, for failed polls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+enum Step {
+    Committed { more: bool, wait: Option<u32> },
+    Retry { after: u32 },
+    Failed { message: String },
+}
+
+pub struct Runner {
+    setup: RunSetup,
+    connector: String,
+    poll_interval_secs: u32,
+    routing: Vec<String>,
+    sink: Sink,
+    instance: Option<Instance>,
+    /// Polls made, when recording (fixture replay).
+    pub records: Option<Vec<PollRecord>>,
+}
+
+impl Runner {
+    /// Prepares the instance's state, reconciles the sink with the outbox after a crash
+    /// and delivers what a previous run committed but did not deliver.
+    pub fn new(setup: RunSetup, sink: Sink) -> Result<Self, RunError> {
+        let routing = routing_of(&setup.config);
+        let mut runner = Runner {
+            setup,
+            connector: String::new(),
+            poll_interval_secs: 0,
+            routing,
+            sink,
+            instance: None,
+            records: None,
+        };
+        let mut instance = runner.fresh_instance()?;
+        let metadata = instance.describe()?;
+        runner.connector = metadata.name;
+        runner.poll_interval_secs = metadata.poll_interval_secs;
+        runner.instance = Some(instance);
+        runner
+            .db()
+            .ensure_instance(&runner.setup.instance, &runner.connector)?;
+        runner.reconcile_sink()?;
+        runner.deliver()?;
+        Ok(runner)
+    }
+
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// The connector's suggested interval between polls.
+    pub fn poll_interval_secs(&self) -> u32 {
+        self.poll_interval_secs
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, StateDb> {
+        self.setup.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh_instance(&self) -> Result<Instance, RunError> {
+        self.setup.configured_instance()
+    }
+
+    /// A crash after the sink's fsync but before the delivered `seq` was recorded leaves
+    /// lines in the file that the outbox still holds: skip them.
+    fn reconcile_sink(&mut self) -> Result<(), RunError> {
+        let name = self.setup.instance.clone();
+        let Some(in_file) = self.sink.last_seq(&name)? else {
+            return Ok(());
+        };
+        let (last, delivered) = self.db().seqs(&name)?;
+        if in_file > last {
+            tracing::warn!(instance = %name, in_file, last,
+                "the output file holds seq numbers this state database never committed \
+                 (another state file wrote to it?); new lines continue from the state's seq");
+        } else if in_file > delivered {
+            self.db().mark_delivered(&name, in_file)?;
+        }
+        Ok(())
+    }
+
+    /// Moves committed lines from the outbox to the sink.
+    fn deliver(&mut self) -> Result<usize, RunError> {
+        let name = self.setup.instance.clone();
+        let lines = self.db().undelivered(&name)?;
+        let Some(&(last, _)) = lines.last() else {
+            return Ok(0);
+        };
+        self.sink.write(&lines)?;
+        self.db().mark_delivered(&name, last)?;
+        Ok(lines.len())
+    }
+
+    /// Polls until the component has no `more` (`once`), or until `stop` is raised,
+    /// waiting `interval` between rounds.
+    pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
+        while !self.setup.stop.load(Ordering::Relaxed) {
+            let wait = match self.poll_once()? {
+                Step::Committed { more: true, wait } => secs(wait.unwrap_or(0)),
+                Step::Committed { more: false, .. } if once => return Ok(()),
+                Step::Committed { more: false, wait } => interval.max(secs(wait.unwrap_or(0))),
+                Step::Retry { after } => secs(after),
+                Step::Failed { message } if once => {
+                    return Err(RunError::Connector {
+                        instance: self.setup.instance.clone(),
+                        message,
+                    });
+                }
+                Step::Failed { .. } => interval,
+            };
+            if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
+                r.wait_secs = wait.as_secs();
+            }
+            if !wait.is_zero() {
+                self.setup.clock.sleep(wait, &self.setup.stop);
+            }
+        }
+        tracing::info!(instance = %self.setup.instance, "stopped");
+        Ok(())
+    }
+
+    fn record(&mut self, record: PollRecord) {
+        if let Some(records) = self.records.as_mut() {
+            records.push(record);
+        }
+    }
+
+    fn poll_once(&mut self) -> Result<Step, RunError> {
+        let name = self.setup.instance.clone();
+        let mut instance = match self.instance.take() {
+            Some(i) => i,
+            None => self.fresh_instance()?,
+        };
+        let cursor = self.db().cursor(&name)?;
+        let result = match instance.poll(cursor.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                // The instance is unusable after a trap; the next poll gets a fresh one.
+                tracing::error!("{e}");
+                self.record(PollRecord {
+                    outcome: "trap",
+                    events: 0,
+                    more: false,
+                    wait_secs: 0,
+                    requests: 0,
+                    message: Some(e.to_string()),
+                });
+                return Ok(Step::Failed {
+                    message: e.to_string(),
+                });
+            }
+        };
+        self.instance = Some(instance);
+        let requests = result.requests;
+        let redact = |m: &str| self.setup.redactor.redact(m);
+        let (step, record) = match result.outcome {
+            Ok(batch) => match self.commit(result.emitted, batch, result.kv) {
+                Ok((events, more, wait)) => (
+                    Step::Committed { more, wait },
+                    PollRecord {
+                        outcome: "ok",
+                        events,
+                        more,
+                        wait_secs: 0,
+                        requests,
+                        message: None,
+                    },
+                ),
+                Err(CommitError::Run(e)) => return Err(e),
+                Err(CommitError::BadEvent(message)) => {
+                    tracing::error!(instance = %name, "{message}");
+                    failed("fatal", message, requests)
+                }
+            },
+            Err(PollError::RateLimited(r)) | Err(PollError::Transient(r)) => {
+                let message = redact(&r.message);
+                tracing::warn!(instance = %name, after_secs = r.after_secs, "poll will be retried: {message}");
+                (
+                    Step::Retry {
+                        after: r.after_secs,
+                    },
+                    PollRecord {
+                        outcome: "retry",
+                        events: 0,
+                        more: false,
+                        wait_secs: 0,
+                        requests,
+                        message: Some(message),
+                    },
+                )
+            }
+            Err(PollError::Auth(m)) => {
+                let message = format!("authentication failed: {}", redact(&m));
+                tracing::error!(instance = %name, "{message}");
+                failed("auth", message, requests)
+            }
+            Err(PollError::Fatal(m)) => {
+                let message = redact(&m);
+                tracing::error!(instance = %name, "poll failed: {message}");
+                failed("fatal", message, requests)
+            }
+        };
+        self.record(record);
+        Ok(step)
+    }
+
+    /// Commits a successful poll and delivers it. Returns (events, more, wait).
+    fn commit(
+        &mut self,
+        emitted: Vec<Event>,
+        batch: Batch,
+        kv: crate::state::KvWrites,
+    ) -> Result<(usize, bool, Option<u32>), CommitError> {
+        let events: Vec<Event> = emitted.into_iter().chain(batch.events).collect();
+        let payloads = events
+            .iter()
+            .map(|e| checked_payload(e).map_err(CommitError::BadEvent))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = self.setup.instance.clone();
+        let connector = self.connector.clone();
+        let routing = self.routing.clone();
+        let seqs = self
+            .db()
+            .commit_poll(
+                &name,
+                events.len(),
+                |seq, i| {
+                    let e = &events[i];
+                    serde_json::to_string(&EventLine {
+                        seq,
+                        instance: &name,
+                        connector: &connector,
+                        kind: &e.kind,
+                        id: &e.id,
+                        version: &e.version,
+                        timestamp: &e.timestamp,
+                        routing: &routing,
+                        payload: &payloads[i],
+                    })
+                    .expect("an event line serializes")
+                },
+                &batch.cursor,
+                &kv,
+            )
+            .map_err(|e| CommitError::Run(e.into()))?;
+        if !events.is_empty() {
+            tracing::info!(instance = %name, events = events.len(), first_seq = seqs.start(),
+                last_seq = seqs.end(), more = batch.more, "poll committed");
+        } else {
+            tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
+        }
+        self.deliver().map_err(CommitError::Run)?;
+        Ok((events.len(), batch.more, batch.wait_secs))
+    }
+}
+
+enum CommitError {
+    /// The component returned an event the host will not deliver (a connector bug).
+    BadEvent(String),
+    Run(RunError),
+}
+
+fn failed(outcome: &'static str, message: String, requests: u64) -> (Step, PollRecord) {
+    (
+        Step::Failed {
+            message: message.clone(),
+        },
+        PollRecord {
+            outcome,
+            events: 0,
+            more: false,
+            wait_secs: 0,
+            requests,
+            message: Some(message),
+        },
+    )
+}
+
+fn checked_payload(e: &Event) -> Result<Box<RawValue>, String> {
+    if e.id.is_empty() || e.kind.is_empty() {
+        return Err(format!(
+            "the connector returned an event without id or kind (kind {:?}, id {:?}); nothing \
+             of this poll was committed",
+            e.kind, e.id
+        ));
+    }
+    match RawValue::from_string(e.payload.clone()) {
+        Ok(raw) if raw.get().trim_start().starts_with('{') => Ok(raw),
+        _ => Err(format!(
+            "the connector returned event {} whose payload is not a JSON object; nothing of \
+             this poll was committed",
+            e.id
+        )),
+    }
+}
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(s.into())
+}
+
+/// `routing` of the config document; the component validates its values in `configure`.
+fn routing_of(config: &str) -> Vec<String> {
+    secops_connector::config::parse(config)
+        .map(|(c, _)| c.routing)
+        .unwrap_or_default()
+}

@@ -1,0 +1,341 @@
+//! The host's durable state, one SQLite file shared by any number of instances: each
+//! instance's cursor, KV namespace and outbox of event lines not yet delivered.
+//!
+//! A poll commits its event lines, its cursor and its staged KV writes in one transaction
+//! ([`StateDb::commit_poll`]); delivery then moves lines from the outbox to the sink and
+//! records the last delivered `seq`. WAL with `synchronous=FULL`: a committed poll survives
+//! a power cut, and a crash mid-transaction leaves the previous state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state file {path} is not a usable SQLite database ({cause}); \
+         restore it from a backup, or delete it to start the instance over (a full backfill)"
+    )]
+    Corrupt { path: PathBuf, cause: String },
+    #[error(
+        "the state file {path} was written by a newer connector-host (schema {found}, this host knows {SCHEMA_VERSION}); use that version"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error(
+        "instance {instance:?} in {path} belongs to connector {owner:?}, not {connector:?}; \
+         give this instance another name (--instance) or use another state file"
+    )]
+    WrongConnector {
+        path: PathBuf,
+        instance: String,
+        owner: String,
+        connector: String,
+    },
+    #[error("state store ({path}): {cause}")]
+    Sql {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+}
+
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A staged KV write: `Some(value)` sets, `None` deletes.
+pub type KvWrites = BTreeMap<String, Option<String>>;
+
+impl StateDb {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let corrupt = |cause: rusqlite::Error| StateError::Corrupt {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        };
+        let conn = Connection::open(path).map_err(corrupt)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(corrupt)?;
+        // The first statement that reads the file tells whether it is a database at all.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(corrupt)?;
+        let db = StateDb {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.migrate().map_err(|e| match e {
+            StateError::Sql { cause, .. } => corrupt(cause),
+            other => other,
+        })?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, cause: rusqlite::Error) -> StateError {
+        StateError::Sql {
+            path: self.path.clone(),
+            cause,
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StateError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        self.conn
+            .execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS instances (
+                     name TEXT PRIMARY KEY,
+                     connector TEXT NOT NULL,
+                     cursor TEXT,
+                     last_seq INTEGER NOT NULL DEFAULT 0,
+                     delivered_seq INTEGER NOT NULL DEFAULT 0,
+                     created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ','now'))
+                 );
+                 CREATE TABLE IF NOT EXISTS kv (
+                     instance TEXT NOT NULL,
+                     key TEXT NOT NULL,
+                     value TEXT NOT NULL,
+                     PRIMARY KEY (instance, key)
+                 );
+                 CREATE TABLE IF NOT EXISTS outbox (
+                     instance TEXT NOT NULL,
+                     seq INTEGER NOT NULL,
+                     line TEXT NOT NULL,
+                     PRIMARY KEY (instance, seq)
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Registers the instance on first use; refuses a name that belongs to another connector.
+    pub fn ensure_instance(&self, instance: &str, connector: &str) -> Result<(), StateError> {
+        let owner: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT connector FROM instances WHERE name = ?1",
+                [instance],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match owner {
+            Some(owner) if owner != connector => Err(StateError::WrongConnector {
+                path: self.path.clone(),
+                instance: instance.into(),
+                owner,
+                connector: connector.into(),
+            }),
+            Some(_) => Ok(()),
+            None => self
+                .conn
+                .execute(
+                    "INSERT INTO instances (name, connector) VALUES (?1, ?2)",
+                    [instance, connector],
+                )
+                .map(drop)
+                .map_err(|e| self.sql(e)),
+        }
+    }
+
+    pub fn cursor(&self, instance: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT cursor FROM instances WHERE name = ?1",
+                [instance],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn kv_get(&self, instance: &str, key: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM kv WHERE instance = ?1 AND key = ?2",
+                [instance, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// A write outside any poll transaction (the `set-now` of the KV import).
+    pub fn kv_set_now(&self, instance: &str, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO kv (instance, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance, key) DO UPDATE SET value = excluded.value",
+                [instance, key, value],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Commits one successful poll: its event lines (numbered after the instance's last
+    /// `seq` by `line(seq, index)`), its cursor and its KV writes, all or nothing.
+    /// Returns the seq range given to the lines.
+    pub fn commit_poll(
+        &mut self,
+        instance: &str,
+        count: usize,
+        mut line: impl FnMut(u64, usize) -> String,
+        cursor: &str,
+        kv: &KvWrites,
+    ) -> Result<std::ops::RangeInclusive<u64>, StateError> {
+        let path = self.path.clone();
+        let sql = |cause| StateError::Sql {
+            path: path.clone(),
+            cause,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let last: u64 = tx
+            .query_row(
+                "SELECT last_seq FROM instances WHERE name = ?1",
+                [instance],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO outbox (instance, seq, line) VALUES (?1, ?2, ?3)")
+                .map_err(sql)?;
+            for i in 0..count {
+                let seq = last + 1 + i as u64;
+                insert
+                    .execute(params![instance, seq, line(seq, i)])
+                    .map_err(sql)?;
+            }
+            let mut set = tx
+                .prepare_cached(
+                    "INSERT INTO kv (instance, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (instance, key) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(sql)?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM kv WHERE instance = ?1 AND key = ?2")
+                .map_err(sql)?;
+            for (key, value) in kv {
+                match value {
+                    Some(v) => set.execute(params![instance, key, v]),
+                    None => delete.execute(params![instance, key]),
+                }
+                .map_err(sql)?;
+            }
+        }
+        tx.execute(
+            "UPDATE instances SET cursor = ?2, last_seq = ?3 WHERE name = ?1",
+            params![instance, cursor, last + count as u64],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(last + 1..=last + count as u64)
+    }
+
+    /// The last seq committed and the last delivered.
+    pub fn seqs(&self, instance: &str) -> Result<(u64, u64), StateError> {
+        self.conn
+            .query_row(
+                "SELECT last_seq, delivered_seq FROM instances WHERE name = ?1",
+                [instance],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Lines committed but not yet delivered, oldest first.
+    pub fn undelivered(&self, instance: &str) -> Result<Vec<(u64, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT o.seq, o.line FROM outbox o JOIN instances i ON i.name = o.instance
+                 WHERE o.instance = ?1 AND o.seq > i.delivered_seq ORDER BY o.seq",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([instance], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))?;
+        Ok(rows)
+    }
+
+    /// Records that every line up to `seq` reached the sink, and drops them from the outbox.
+    pub fn mark_delivered(&mut self, instance: &str, seq: u64) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let sql = |cause| StateError::Sql {
+            path: path.clone(),
+            cause,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "UPDATE instances SET delivered_seq = max(delivered_seq, ?2) WHERE name = ?1",
+            params![instance, seq],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "DELETE FROM outbox WHERE instance = ?1 AND seq <= ?2",
+            params![instance, seq],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_commits_lines_cursor_and_kv_together_and_delivery_drains_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
+        db.ensure_instance("a", "defender-alerts").unwrap();
+        let kv: KvWrites = [("k".to_string(), Some("v".to_string()))].into();
+        let seqs = db
+            .commit_poll("a", 2, |seq, i| format!("{seq}:{i}"), "c1", &kv)
+            .unwrap();
+        assert_eq!(seqs, 1..=2);
+        assert_eq!(db.cursor("a").unwrap().as_deref(), Some("c1"));
+        assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some("v"));
+        assert_eq!(db.undelivered("a").unwrap().len(), 2);
+        db.mark_delivered("a", 1).unwrap();
+        assert_eq!(db.undelivered("a").unwrap(), vec![(2, "2:1".to_string())]);
+        assert_eq!(db.seqs("a").unwrap(), (2, 1));
+        let err = db.ensure_instance("a", "entra").unwrap_err();
+        assert!(err.to_string().contains("belongs to connector"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(
+            &path,
+            b"this is not sqlite, just some text that is long enough",
+        )
+        .unwrap();
+        let err = StateDb::open(&path).err().expect("refused");
+        assert!(
+            err.to_string().contains("not a usable SQLite database"),
+            "{err}"
+        );
+    }
+}

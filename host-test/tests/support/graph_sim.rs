@@ -1,0 +1,275 @@
+//! A loopback server that behaves like the Microsoft identity platform's token endpoint and
+//! Graph's `/security/alerts_v2` list: `$filter=lastUpdateDateTime ge`, `$top` capped by a
+//! server page size, `$skip` next links, newest first, bearer tokens that expire, and
+//! throttling on request. It records the ground truth: every (id, version) it ever served.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+pub const TENANT: &str = "8f6b2a4e-0c1d-4e5f-9a7b-3c2d1e0f4a5b";
+pub const CLIENT: &str = "2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e";
+pub const SECRET: &str = "sim-secret-Q8~do-not-log-me";
+
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub id: String,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+    pub status: &'static str,
+}
+
+pub struct Behaviour {
+    /// Records per page at most, whatever `$top` asks.
+    pub page_max: usize,
+    /// Lifetime of issued tokens; short values force expiry mid-run.
+    pub token_lifetime: Duration,
+    /// Every n-th Graph request is answered 429 with `Retry-After: 1`.
+    pub throttle_every: Option<usize>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour { page_max: 7, token_lifetime: Duration::from_secs(3600), throttle_every: None }
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub token_requests: usize,
+    pub graph_requests: usize,
+    pub throttled: usize,
+    pub expired_tokens: usize,
+}
+
+struct State {
+    alerts: BTreeMap<String, Alert>,
+    /// Ground truth: every (id, version) that was visible.
+    versions: BTreeSet<(String, String)>,
+    tokens: HashMap<String, Instant>,
+    behaviour: Behaviour,
+    counters: Counters,
+    next_token: u64,
+}
+
+pub struct GraphSim {
+    pub base: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Alert {
+    fn version(&self) -> String {
+        rfc3339(self.updated)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "@odata.type": "#microsoft.graph.security.alert",
+            "id": self.id,
+            "status": self.status,
+            "severity": "medium",
+            "serviceSource": "microsoftDefenderForEndpoint",
+            "title": format!("Simulated alert {}", self.id),
+            "createdDateTime": rfc3339(self.created),
+            "lastUpdateDateTime": self.version(),
+        })
+    }
+}
+
+impl GraphSim {
+    pub fn start(behaviour: Behaviour) -> Self {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind loopback");
+        let base = format!("http://{}", server.server_addr().to_ip().expect("ip listener"));
+        let state = Arc::new(Mutex::new(State {
+            alerts: BTreeMap::new(),
+            versions: BTreeSet::new(),
+            tokens: HashMap::new(),
+            behaviour,
+            counters: Counters::default(),
+            next_token: 0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop, base) = (state.clone(), stop.clone(), base.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(50)) {
+                        handle(&state, &base, request);
+                    }
+                }
+            })
+        };
+        GraphSim { base, state, stop, thread: Some(thread) }
+    }
+
+    /// Adds `n` alerts created and last updated within the past `spread`.
+    pub fn add_alerts(&self, prefix: &str, n: usize, spread: Duration) {
+        let now = SystemTime::now();
+        let mut s = self.state.lock().unwrap();
+        for i in 0..n {
+            let t = now - spread.mul_f64((i as f64 + 0.5) / n as f64);
+            let a = Alert { id: format!("{prefix}-{i:05}"), created: t, updated: t, status: "new" };
+            s.versions.insert((a.id.clone(), a.version()));
+            s.alerts.insert(a.id.clone(), a);
+        }
+    }
+
+    /// Marks alerts as updated now: Graph moves their lastUpdateDateTime.
+    pub fn update_alerts(&self, ids: &[String]) {
+        let mut s = self.state.lock().unwrap();
+        let now = SystemTime::now();
+        for id in ids {
+            if let Some(a) = s.alerts.get_mut(id) {
+                a.updated = now.max(a.updated + Duration::from_millis(1));
+                a.status = "inProgress";
+                let v = (a.id.clone(), a.version());
+                s.versions.insert(v);
+            }
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().alerts.keys().cloned().collect()
+    }
+
+    /// Every (id, version) the simulator has made visible.
+    pub fn ground_truth(&self) -> BTreeSet<(String, String)> {
+        self.state.lock().unwrap().versions.clone()
+    }
+
+    pub fn with_counters<T>(&self, f: impl FnOnce(&Counters) -> T) -> T {
+        f(&self.state.lock().unwrap().counters)
+    }
+
+    pub fn set_throttle_every(&self, n: Option<usize>) {
+        self.state.lock().unwrap().behaviour.throttle_every = n;
+    }
+
+    pub fn config(&self, backfill_days: u32) -> Value {
+        json!({
+            "tenant_id": TENANT,
+            "client_id": CLIENT,
+            "backfill_days": backfill_days,
+            "graph_url": self.base,
+            "login_url": self.base,
+        })
+    }
+}
+
+impl Drop for GraphSim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn respond(request: tiny_http::Request, status: u16, body: Value, headers: &[(&str, &str)]) {
+    let mut response = tiny_http::Response::from_string(body.to_string()).with_status_code(status);
+    for (n, v) in [("content-type", "application/json")].iter().chain(headers) {
+        response.add_header(tiny_http::Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap());
+    }
+    let _ = request.respond(response);
+}
+
+fn graph_error(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "innerError": {}}})
+}
+
+fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
+    let url = url::Url::parse(&format!("http://sim{}", request.url())).expect("request target");
+    let mut s = state.lock().unwrap();
+    if request.method() == &tiny_http::Method::Post && url.path() == format!("/{TENANT}/oauth2/v2.0/token") {
+        s.counters.token_requests += 1;
+        let mut body = String::new();
+        let _ = request.as_reader().read_to_string(&mut body);
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        if form.get("client_secret").map(String::as_str) != Some(SECRET) || form.get("client_id").map(String::as_str) != Some(CLIENT) {
+            drop(s);
+            return respond(request, 401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}), &[]);
+        }
+        s.next_token += 1;
+        let token = jwt(s.next_token);
+        let lifetime = s.behaviour.token_lifetime;
+        s.tokens.insert(token.clone(), Instant::now() + lifetime);
+        drop(s);
+        return respond(request, 200, json!({"token_type": "Bearer", "expires_in": lifetime.as_secs(), "access_token": token}), &[]);
+    }
+    if request.method() != &tiny_http::Method::Get || url.path() != "/v1.0/security/alerts_v2" {
+        drop(s);
+        return respond(request, 404, graph_error("NotFound", "no such simulated resource"), &[]);
+    }
+    s.counters.graph_requests += 1;
+    let bearer = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .map(str::to_string);
+    match bearer.as_ref().and_then(|t| s.tokens.get(t)) {
+        Some(expiry) if *expiry > Instant::now() => {}
+        Some(_) => {
+            s.counters.expired_tokens += 1;
+            drop(s);
+            return respond(request, 401, graph_error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."), &[]);
+        }
+        None => {
+            drop(s);
+            return respond(request, 401, graph_error("InvalidAuthenticationToken", "Access token is empty or unknown."), &[]);
+        }
+    }
+    if let Some(n) = s.behaviour.throttle_every {
+        if s.counters.graph_requests % n == 0 {
+            s.counters.throttled += 1;
+            drop(s);
+            return respond(request, 429, graph_error("TooManyRequests", "Too many requests"), &[("retry-after", "1")]);
+        }
+    }
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let Some(since) = q
+        .get("$filter")
+        .and_then(|f| f.strip_prefix("lastUpdateDateTime ge "))
+        .and_then(|t| humantime::parse_rfc3339(t.split(' ').next().unwrap_or(t)).ok())
+    else {
+        drop(s);
+        return respond(request, 400, graph_error("BadRequest", "Invalid filter clause"), &[]);
+    };
+    let top: usize = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100);
+    let skip: usize = q.get("$skip").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let mut matching: Vec<&Alert> = s.alerts.values().filter(|a| a.updated >= since).collect();
+    matching.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.id.cmp(&b.id)));
+    let take = top.min(s.behaviour.page_max);
+    let records: Vec<Value> = matching.iter().skip(skip).take(take).map(|a| a.json()).collect();
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#security/alerts_v2"), "value": records});
+    if skip + take < matching.len() {
+        let filter = q["$filter"].clone();
+        let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>().replace('+', "%20");
+        body["@odata.nextLink"] = json!(format!("{base}/v1.0/security/alerts_v2?$filter={enc}&$top={top}&$skip={}", skip + take));
+    }
+    drop(s);
+    respond(request, 200, body, &[]);
+}
+
+/// An unsigned JWT that grants SecurityAlert.Read.All; unique per issue.
+fn jwt(n: u64) -> String {
+    use base64::Engine as _;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.sim",
+        b64(json!({"alg": "none"})),
+        b64(json!({"tid": TENANT, "roles": ["SecurityAlert.Read.All"], "n": n}))
+    )
+}
