@@ -28,7 +28,9 @@ pub struct Alert {
 pub struct Behaviour {
     /// Records per page at most, whatever `$top` asks.
     pub page_max: usize,
-    /// Lifetime of issued tokens; short values force expiry mid-run.
+    /// How long issued tokens are accepted. Token responses always say `expires_in`
+    /// 3599, so a short lifetime looks like a token revoked early: Graph answers 401 and
+    /// the connector must renew it.
     pub token_lifetime: Duration,
     /// Every n-th Graph request is answered 429 with `Retry-After: 1`.
     pub throttle_every: Option<usize>,
@@ -36,7 +38,11 @@ pub struct Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { page_max: 7, token_lifetime: Duration::from_secs(3600), throttle_every: None }
+        Behaviour {
+            page_max: 7,
+            token_lifetime: Duration::from_secs(3600),
+            throttle_every: None,
+        }
     }
 }
 
@@ -91,7 +97,10 @@ impl Alert {
 impl GraphSim {
     pub fn start(behaviour: Behaviour) -> Self {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("bind loopback");
-        let base = format!("http://{}", server.server_addr().to_ip().expect("ip listener"));
+        let base = format!(
+            "http://{}",
+            server.server_addr().to_ip().expect("ip listener")
+        );
         let state = Arc::new(Mutex::new(State {
             alerts: BTreeMap::new(),
             versions: BTreeSet::new(),
@@ -111,7 +120,12 @@ impl GraphSim {
                 }
             })
         };
-        GraphSim { base, state, stop, thread: Some(thread) }
+        GraphSim {
+            base,
+            state,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Adds `n` alerts created and last updated within the past `spread`.
@@ -120,7 +134,12 @@ impl GraphSim {
         let mut s = self.state.lock().unwrap();
         for i in 0..n {
             let t = now - spread.mul_f64((i as f64 + 0.5) / n as f64);
-            let a = Alert { id: format!("{prefix}-{i:05}"), created: t, updated: t, status: "new" };
+            let a = Alert {
+                id: format!("{prefix}-{i:05}"),
+                created: t,
+                updated: t,
+                status: "new",
+            };
             s.versions.insert((a.id.clone(), a.version()));
             s.alerts.insert(a.id.clone(), a);
         }
@@ -138,6 +157,11 @@ impl GraphSim {
                 s.versions.insert(v);
             }
         }
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().tokens.keys().cloned().collect()
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -192,25 +216,46 @@ fn graph_error(code: &str, message: &str) -> Value {
 fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     let url = url::Url::parse(&format!("http://sim{}", request.url())).expect("request target");
     let mut s = state.lock().unwrap();
-    if request.method() == &tiny_http::Method::Post && url.path() == format!("/{TENANT}/oauth2/v2.0/token") {
+    if request.method() == &tiny_http::Method::Post
+        && url.path() == format!("/{TENANT}/oauth2/v2.0/token")
+    {
         s.counters.token_requests += 1;
         let mut body = String::new();
         let _ = request.as_reader().read_to_string(&mut body);
-        let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
-        if form.get("client_secret").map(String::as_str) != Some(SECRET) || form.get("client_id").map(String::as_str) != Some(CLIENT) {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        if form.get("client_secret").map(String::as_str) != Some(SECRET)
+            || form.get("client_id").map(String::as_str) != Some(CLIENT)
+        {
             drop(s);
-            return respond(request, 401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}), &[]);
+            return respond(
+                request,
+                401,
+                json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}),
+                &[],
+            );
         }
         s.next_token += 1;
         let token = jwt(s.next_token);
         let lifetime = s.behaviour.token_lifetime;
         s.tokens.insert(token.clone(), Instant::now() + lifetime);
         drop(s);
-        return respond(request, 200, json!({"token_type": "Bearer", "expires_in": lifetime.as_secs(), "access_token": token}), &[]);
+        return respond(
+            request,
+            200,
+            json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token}),
+            &[],
+        );
     }
     if request.method() != &tiny_http::Method::Get || url.path() != "/v1.0/security/alerts_v2" {
         drop(s);
-        return respond(request, 404, graph_error("NotFound", "no such simulated resource"), &[]);
+        return respond(
+            request,
+            404,
+            graph_error("NotFound", "no such simulated resource"),
+            &[],
+        );
     }
     s.counters.graph_requests += 1;
     let bearer = request
@@ -224,40 +269,82 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
         Some(_) => {
             s.counters.expired_tokens += 1;
             drop(s);
-            return respond(request, 401, graph_error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."), &[]);
+            return respond(
+                request,
+                401,
+                graph_error(
+                    "InvalidAuthenticationToken",
+                    "Lifetime validation failed, the token is expired.",
+                ),
+                &[],
+            );
         }
         None => {
             drop(s);
-            return respond(request, 401, graph_error("InvalidAuthenticationToken", "Access token is empty or unknown."), &[]);
+            return respond(
+                request,
+                401,
+                graph_error(
+                    "InvalidAuthenticationToken",
+                    "Access token is empty or unknown.",
+                ),
+                &[],
+            );
         }
     }
     if let Some(n) = s.behaviour.throttle_every {
         if s.counters.graph_requests % n == 0 {
             s.counters.throttled += 1;
             drop(s);
-            return respond(request, 429, graph_error("TooManyRequests", "Too many requests"), &[("retry-after", "1")]);
+            return respond(
+                request,
+                429,
+                graph_error("TooManyRequests", "Too many requests"),
+                &[("retry-after", "1")],
+            );
         }
     }
     let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
-    let Some(since) = q
-        .get("$filter")
-        .and_then(|f| f.strip_prefix("lastUpdateDateTime ge "))
-        .and_then(|t| humantime::parse_rfc3339(t.split(' ').next().unwrap_or(t)).ok())
-    else {
-        drop(s);
-        return respond(request, 400, graph_error("BadRequest", "Invalid filter clause"), &[]);
+    // Without `$filter` (the connector's validation probe): every alert.
+    let since = match q.get("$filter") {
+        None => SystemTime::UNIX_EPOCH,
+        Some(f) => match f
+            .strip_prefix("lastUpdateDateTime ge ")
+            .and_then(|t| humantime::parse_rfc3339(t.split(' ').next().unwrap_or(t)).ok())
+        {
+            Some(t) => t,
+            None => {
+                drop(s);
+                return respond(
+                    request,
+                    400,
+                    graph_error("BadRequest", "Invalid filter clause"),
+                    &[],
+                );
+            }
+        },
     };
     let top: usize = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100);
     let skip: usize = q.get("$skip").and_then(|t| t.parse().ok()).unwrap_or(0);
     let mut matching: Vec<&Alert> = s.alerts.values().filter(|a| a.updated >= since).collect();
     matching.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.id.cmp(&b.id)));
     let take = top.min(s.behaviour.page_max);
-    let records: Vec<Value> = matching.iter().skip(skip).take(take).map(|a| a.json()).collect();
+    let records: Vec<Value> = matching
+        .iter()
+        .skip(skip)
+        .take(take)
+        .map(|a| a.json())
+        .collect();
     let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#security/alerts_v2"), "value": records});
     if skip + take < matching.len() {
         let filter = q["$filter"].clone();
-        let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>().replace('+', "%20");
-        body["@odata.nextLink"] = json!(format!("{base}/v1.0/security/alerts_v2?$filter={enc}&$top={top}&$skip={}", skip + take));
+        let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20");
+        body["@odata.nextLink"] = json!(format!(
+            "{base}/v1.0/security/alerts_v2?$filter={enc}&$top={top}&$skip={}",
+            skip + take
+        ));
     }
     drop(s);
     respond(request, 200, body, &[]);

@@ -1,0 +1,127 @@
+//! The CLI's answers to bad input: one clear line on stderr and the documented exit code.
+
+mod support;
+
+use serde_json::json;
+use support::{alerts_wasm, run_host, text, write_json};
+
+#[test]
+fn describe_prints_the_metadata_and_the_config_schema() {
+    let out = run_host(&["describe", alerts_wasm().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["name"], "defender-alerts");
+    assert_eq!(doc["event_kinds"], json!(["defender.alert"]));
+    assert!(
+        doc["permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("SecurityAlert.Read.All"))
+    );
+    assert!(doc["config_schema"]["properties"]["service_sources"].is_object());
+}
+
+fn run_with_config(config: serde_json::Value) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenant.json");
+    write_json(&path, &config);
+    run_host(&[
+        "run",
+        alerts_wasm().to_str().unwrap(),
+        "--config",
+        path.to_str().unwrap(),
+        "--state",
+        dir.path().join("s.db").to_str().unwrap(),
+        "--once",
+    ])
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_key_and_exit_code_2() {
+    let base = json!({"tenant_id": "contoso.onmicrosoft.com", "client_id": "2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"});
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        c
+    };
+    let cases = [
+        (with("backfill_days", json!(30)), "backfill_days"),
+        (with("backfill_days", json!("7")), "backfill_days"),
+        (
+            with("graph_url", json!("http://graph.example.com")),
+            "graph_url",
+        ),
+        (with("colour", json!("blue")), "colour"),
+        (
+            with("service_sources", json!(["notASource"])),
+            "service_sources",
+        ),
+    ];
+    for (config, key) in cases {
+        let out = run_with_config(config.clone());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}: {err}");
+        assert!(
+            err.contains("invalid config") && err.contains(key),
+            "{config}: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap(); // a core module, not a component
+    let out = run_host(&["describe", bogus.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not a WebAssembly component"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_corrupt_state_file_is_refused_with_the_remedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.db");
+    std::fs::write(&state, vec![b'x'; 4096]).unwrap();
+    let config = dir.path().join("tenant.json");
+    write_json(
+        &config,
+        &json!({"tenant_id": "contoso.onmicrosoft.com", "client_id": "2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"}),
+    );
+    let out = run_host(&[
+        "run",
+        alerts_wasm().to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--once",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not a usable SQLite database") && err.contains("delete it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_replays_the_bundled_fixture_to_stdout() {
+    let out = run_host(&["--log-level", "warn", "demo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|l| l["kind"] == "defender.alert"));
+}

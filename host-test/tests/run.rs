@@ -1,0 +1,199 @@
+//! `connector-host run` end to end: the CLI binary, the built component, a Graph-like
+//! simulator on loopback, and the ground truth it keeps.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::graph_sim::{Behaviour, GraphSim, SECRET};
+use support::{alerts_wasm, read_lines, run_host, text, write_json};
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new(sim: &GraphSim) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        write_json(&dir.path().join("tenant.json"), &sim.config(1));
+        write_json(
+            &dir.path().join("secrets.json"),
+            &json!({"client-secret": SECRET}),
+        );
+        Files { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    fn run_once(&self, log_level: &str) -> std::process::Output {
+        run_host(&[
+            "--log-level",
+            log_level,
+            "run",
+            alerts_wasm().to_str().unwrap(),
+            "--config",
+            &self.path("tenant.json"),
+            "--secrets",
+            &self.path("secrets.json"),
+            "--state",
+            &self.path("state.db"),
+            "--out",
+            &self.path("out.jsonl"),
+            "--once",
+        ])
+    }
+}
+
+/// Asserts `out` holds each ground-truth version exactly once, nothing else, with `seq`
+/// contiguous from 1.
+fn assert_exactly_once(out: &Path, sim: &GraphSim) {
+    let lines = read_lines(out);
+    let delivered: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().into(),
+                l["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let unique: BTreeSet<_> = delivered.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "an (id, version) was delivered twice"
+    );
+    let truth = sim.ground_truth();
+    let missing: Vec<_> = truth.difference(&unique).collect();
+    let extra: Vec<_> = unique.difference(&truth).collect();
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    assert!(extra.is_empty(), "not in the ground truth: {extra:?}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=lines.len() as u64).collect::<Vec<_>>(),
+        "seq contiguous"
+    );
+}
+
+/// Neither the client secret nor any access token is in `haystack`.
+fn assert_no_secrets(what: &str, haystack: &[u8], sim: &GraphSim) {
+    let text = String::from_utf8_lossy(haystack);
+    assert!(
+        !text.contains(SECRET),
+        "the client secret appears in {what}"
+    );
+    for token in sim.issued_tokens() {
+        assert!(!text.contains(&token), "an access token appears in {what}");
+    }
+}
+
+fn state_bytes(files: &Files) -> Vec<u8> {
+    let mut bytes = vec![];
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(b) = std::fs::read(files.path(&format!("state.db{suffix}"))) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+#[test]
+fn run_delivers_every_alert_version_once_through_paging_throttling_and_token_expiry() {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 7,
+        token_lifetime: Duration::from_millis(300),
+        throttle_every: Some(4),
+    });
+    sim.add_alerts("a", 40, Duration::from_secs(20 * 3600));
+    let files = Files::new(&sim);
+
+    let first = files.run_once("trace");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
+    assert!(
+        sim.with_counters(|c| c.throttled) > 0,
+        "the run met throttling"
+    );
+
+    // The tenant moves on: updates of known alerts and new ones.
+    let ids = sim.ids();
+    sim.update_alerts(&ids[..5]);
+    sim.add_alerts("b", 9, Duration::from_secs(60));
+    let second = files.run_once("trace");
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
+    assert_eq!(
+        read_lines(Path::new(&files.path("out.jsonl"))).len(),
+        40 + 5 + 9
+    );
+    assert!(
+        sim.with_counters(|c| c.expired_tokens) > 0,
+        "a token expired mid-run"
+    );
+
+    for (what, bytes) in [
+        ("stderr of the first run", first.stderr),
+        ("stderr of the second run", second.stderr),
+        ("stdout", [first.stdout, second.stdout].concat()),
+        ("--out", std::fs::read(files.path("out.jsonl")).unwrap()),
+        ("the state database", state_bytes(&files)),
+    ] {
+        assert_no_secrets(what, &bytes, &sim);
+    }
+}
+
+#[test]
+fn validate_prints_ok_or_the_cause_with_its_exit_code() {
+    let sim = GraphSim::start(Behaviour::default());
+    let files = Files::new(&sim);
+    let validate = |secrets: &str| {
+        run_host(&[
+            "validate",
+            alerts_wasm().to_str().unwrap(),
+            "--config",
+            &files.path("tenant.json"),
+            "--secrets",
+            secrets,
+        ])
+    };
+    let ok = validate(&files.path("secrets.json"));
+    assert_eq!(text(&ok.stdout), "ok\n", "{}", text(&ok.stderr));
+    assert_eq!(ok.status.code(), Some(0));
+
+    write_json(
+        &files.dir.path().join("wrong.json"),
+        &json!({"client-secret": "not-the-secret-x"}),
+    );
+    let wrong = validate(&files.path("wrong.json"));
+    assert!(
+        text(&wrong.stdout).starts_with("error: invalid-secret: "),
+        "{}",
+        text(&wrong.stdout)
+    );
+    assert_eq!(wrong.status.code(), Some(1));
+    assert_no_secrets(
+        "validate output",
+        &[wrong.stdout, wrong.stderr].concat(),
+        &sim,
+    );
+}
+
+#[test]
+fn a_changed_backfill_is_refused_once_the_instance_has_state() {
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 3, Duration::from_secs(3600));
+    let files = Files::new(&sim);
+    assert!(files.run_once("warn").status.success());
+    write_json(&files.dir.path().join("tenant.json"), &sim.config(7));
+    let refused = files.run_once("warn");
+    assert_eq!(refused.status.code(), Some(2));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("backfill_days") && err.contains("delete the instance"),
+        "{err}"
+    );
+}

@@ -1,0 +1,63 @@
+//! Shared by the end-to-end tests: the built component (compiled once per test binary),
+//! the CLI binary, and the Graph simulator.
+
+#![allow(dead_code)]
+
+pub mod graph_sim;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use connector_host::engine::{HostEngine, LoadedComponent};
+
+/// The Defender Alerts component, compiled once (and cached on disk for the other test
+/// binaries and the CLI runs).
+pub fn alerts_component() -> &'static LoadedComponent {
+    static COMPONENT: OnceLock<LoadedComponent> = OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        let engine = HostEngine::new(Some(cache_dir())).expect("engine");
+        engine
+            .load(&connector_host::component_path("defender-alerts"))
+            .expect("the built defender-alerts component loads")
+    })
+}
+
+/// One compiled-component cache for all tests of this build.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+pub fn alerts_wasm() -> PathBuf {
+    connector_host::component_path("defender-alerts")
+}
+
+/// `connector-host <args>` with the test cache and a fixed environment.
+pub fn host(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector-host"));
+    cmd.args(args)
+        .env("CONNECTOR_HOST_CACHE", cache_dir())
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run_host(args: &[&str]) -> Output {
+    host(args).output().expect("run connector-host")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn write_json(path: &Path, value: &serde_json::Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+}
+
+/// Event lines of an `--out` file, parsed.
+pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
