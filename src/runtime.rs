@@ -46,6 +46,9 @@ pub struct Instance {
     pub(crate) config: Config,
     pub(crate) queries: Vec<Query>,
     token: Option<Token>,
+    /// Data types that opened a window during this instance's life. A window resumed from
+    /// a cursor was opened by an earlier process, maybe long ago: see `poll`.
+    opened_here: Vec<&'static str>,
 }
 
 pub fn describe<C: Connector>() -> Metadata {
@@ -94,6 +97,7 @@ impl Instance {
             config,
             queries,
             token: None,
+            opened_here: Vec::new(),
         })
     }
 
@@ -208,18 +212,23 @@ impl Instance {
         let mut events = Vec::new();
         let mut failures = Vec::new();
         let mut succeeded = 0;
+        let mut finished_resumed_window = false;
         for q in self.queries.clone() {
-            let stream = cursor
-                .streams
-                .get_mut(q.data_type.name)
-                .expect("inserted above");
+            let name = q.data_type.name;
+            let stream = cursor.streams.get_mut(name).expect("inserted above");
             if paging && stream.next.is_none() {
                 continue;
             }
+            let was_paging = stream.next.is_some();
             match self.poll_stream(p, &q, stream) {
                 Ok(mut e) => {
                     succeeded += 1;
                     events.append(&mut e);
+                    if !was_paging && !self.opened_here.contains(&name) {
+                        self.opened_here.push(name);
+                    }
+                    finished_resumed_window |=
+                        was_paging && stream.next.is_none() && !self.opened_here.contains(&name);
                 }
                 Err(f) => failures.push((q.data_type.name, f)),
             }
@@ -235,9 +244,14 @@ impl Instance {
             );
         }
         self.reset_attempts(p);
+        // A window resumed from a cursor was opened by an earlier process (one that was
+        // stopped or crashed); what changed since then is in the next window, so finish
+        // with one window of our own: `run --once` then delivers everything visible when
+        // it started. Windows opened here end the catch-up when paged through.
+        let more = finished_resumed_window || cursor.streams.values().any(|s| s.next.is_some());
         Ok(Batch {
             events,
-            more: cursor.streams.values().any(|s| s.next.is_some()),
+            more,
             cursor: cursor.encode(),
             wait_secs: None,
         })

@@ -149,7 +149,10 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
 
     p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
     let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
-    assert!(!second.more);
+    assert!(
+        !second.more,
+        "the window this instance opened is paged through"
+    );
     assert_eq!(ids(&second), [("a1".into(), "2026-11-19T13:00:00Z".into())]);
     assert_eq!(p.urls()[2], next, "the next link is followed as given");
     let c = Cursor::decode(&second.cursor, "test").unwrap();
@@ -158,6 +161,14 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
         "newest seen minus the overlap"
     );
     assert_eq!(p.requests().len(), 3, "one token for the whole backfill");
+
+    // Another process resumes a window this one opened: once it is paged through, that
+    // process polls one more window of its own (what changed meanwhile is in it).
+    let mut other = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
+    let resumed = poll(&mut other, &p, Some(&first.cursor)).unwrap();
+    assert!(resumed.more, "a resumed window is followed by a fresh one");
 }
 
 #[test]

@@ -291,6 +291,7 @@ fn describe(component: &LoadedComponent) -> Result<(), Failure> {
         redactor: Redactor::default(),
         limits: Limits::default(),
         stop: Arc::new(AtomicBool::new(false)),
+        seeded_random: false,
     };
     let m = setup.describe()?;
     let schema: serde_json::Value = serde_json::from_str(&m.config_schema)
@@ -357,6 +358,7 @@ fn setup(
         redactor,
         limits,
         stop: Arc::new(AtomicBool::new(false)),
+        seeded_random: false,
     })
 }
 

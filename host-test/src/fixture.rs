@@ -36,7 +36,7 @@ pub enum FixtureError {
     Run {
         scenario: String,
         step: usize,
-        cause: RunError,
+        cause: Box<RunError>,
     },
 }
 
@@ -313,7 +313,7 @@ pub fn replay(
     let run_error = |step, cause| FixtureError::Run {
         scenario: name.clone(),
         step,
-        cause,
+        cause: Box::new(cause),
     };
     let state = StateDb::open(&options.state).map_err(|e| run_error(0, e.into()))?;
     let state = Arc::new(Mutex::new(state));
@@ -338,6 +338,7 @@ pub fn replay(
             redactor: redactor.clone(),
             limits: options.limits.clone(),
             stop: Arc::new(AtomicBool::new(false)),
+            seeded_random: true,
         };
         let (outcome, polls) = match step.action {
             Action::Poll => {

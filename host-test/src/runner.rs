@@ -68,6 +68,8 @@ pub struct RunSetup {
     pub redactor: Redactor,
     pub limits: Limits,
     pub stop: Arc<AtomicBool>,
+    /// Seeded randomness in the component (deterministic replay).
+    pub seeded_random: bool,
 }
 
 impl RunSetup {
@@ -83,6 +85,7 @@ impl RunSetup {
             clock: self.clock.clone(),
             redactor: self.redactor.clone(),
             memory_bytes: self.limits.memory_bytes,
+            seeded_random: self.seeded_random,
         }
     }
 

@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 use support::graph_sim::{Behaviour, GraphSim, SECRET};
-use support::{alerts_wasm, read_lines, run_host, text, write_json};
+use support::{alerts_wasm, assert_exactly_once, read_lines, run_host, text, write_json};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -45,38 +44,6 @@ impl Files {
             "--once",
         ])
     }
-}
-
-/// Asserts `out` holds each ground-truth version exactly once, nothing else, with `seq`
-/// contiguous from 1.
-fn assert_exactly_once(out: &Path, sim: &GraphSim) {
-    let lines = read_lines(out);
-    let delivered: Vec<(String, String)> = lines
-        .iter()
-        .map(|l| {
-            (
-                l["id"].as_str().unwrap().into(),
-                l["version"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    let unique: BTreeSet<_> = delivered.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        delivered.len(),
-        "an (id, version) was delivered twice"
-    );
-    let truth = sim.ground_truth();
-    let missing: Vec<_> = truth.difference(&unique).collect();
-    let extra: Vec<_> = unique.difference(&truth).collect();
-    assert!(missing.is_empty(), "missing: {missing:?}");
-    assert!(extra.is_empty(), "not in the ground truth: {extra:?}");
-    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (1..=lines.len() as u64).collect::<Vec<_>>(),
-        "seq contiguous"
-    );
 }
 
 /// Neither the client secret nor any access token is in `haystack`.

@@ -84,18 +84,26 @@ pub struct Wiring {
     pub clock: Arc<dyn Clock>,
     pub redactor: Redactor,
     pub memory_bytes: usize,
+    /// Seeded randomness (fixture replay: the same backoff jitter on every run).
+    pub seeded_random: bool,
 }
 
 impl HostState {
     pub fn new(w: Wiring) -> Self {
         // WASI for Rust's std only: no files, no environment, no sockets, no stdio. Time is
         // the host's (virtual in fixture replay).
-        let wasi = WasiCtxBuilder::new()
-            .allow_tcp(false)
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .wall_clock(WasiWallClock(w.clock.clone()))
-            .build();
+            .wall_clock(WasiWallClock(w.clock.clone()));
+        if w.seeded_random {
+            use rand::SeedableRng;
+            wasi.secure_random(rand::rngs::StdRng::seed_from_u64(1))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(2))
+                .insecure_random_seed(3);
+        }
+        let wasi = wasi.build();
         HostState {
             wasi,
             table: ResourceTable::new(),

@@ -168,7 +168,18 @@ impl GraphSim {
         self.state.lock().unwrap().alerts.keys().cloned().collect()
     }
 
-    /// Every (id, version) the simulator has made visible.
+    /// The current version of every alert: what a connector must have delivered once it
+    /// has caught up.
+    pub fn latest(&self) -> BTreeSet<(String, String)> {
+        let s = self.state.lock().unwrap();
+        s.alerts
+            .values()
+            .map(|a| (a.id.clone(), a.version()))
+            .collect()
+    }
+
+    /// Every (id, version) the simulator has made visible. A version superseded before
+    /// the connector read it cannot be delivered; any delivered version must be in here.
     pub fn ground_truth(&self) -> BTreeSet<(String, String)> {
         self.state.lock().unwrap().versions.clone()
     }
@@ -292,17 +303,17 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             );
         }
     }
-    if let Some(n) = s.behaviour.throttle_every {
-        if s.counters.graph_requests % n == 0 {
-            s.counters.throttled += 1;
-            drop(s);
-            return respond(
-                request,
-                429,
-                graph_error("TooManyRequests", "Too many requests"),
-                &[("retry-after", "1")],
-            );
-        }
+    if let Some(n) = s.behaviour.throttle_every
+        && s.counters.graph_requests.is_multiple_of(n)
+    {
+        s.counters.throttled += 1;
+        drop(s);
+        return respond(
+            request,
+            429,
+            graph_error("TooManyRequests", "Too many requests"),
+            &[("retry-after", "1")],
+        );
     }
     let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
     // Without `$filter` (the connector's validation probe): every alert.

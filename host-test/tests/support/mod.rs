@@ -5,6 +5,7 @@
 
 pub mod graph_sim;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -60,4 +61,35 @@ pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
         .collect()
+}
+
+/// Asserts `out` holds the current version of every alert, no (id, version) twice, no
+/// version the simulator never served, and `seq` contiguous from 1.
+pub fn assert_exactly_once(out: &Path, sim: &graph_sim::GraphSim) {
+    let lines = read_lines(out);
+    let delivered: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().into(),
+                l["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let unique: BTreeSet<_> = delivered.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "an (id, version) was delivered twice"
+    );
+    let missing: Vec<_> = sim.latest().difference(&unique).cloned().collect();
+    assert!(missing.is_empty(), "current versions missing: {missing:?}");
+    let extra: Vec<_> = unique.difference(&sim.ground_truth()).cloned().collect();
+    assert!(extra.is_empty(), "never served: {extra:?}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=lines.len() as u64).collect::<Vec<_>>(),
+        "seq contiguous"
+    );
 }
