@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Connector crates (package names) built into components.
-const CONNECTORS: &[&str] = &["defender-alerts"];
+const CONNECTORS: &[&str] = &["defender-alerts", "defender-incidents"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

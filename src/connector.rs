@@ -63,6 +63,8 @@ pub trait Connector {
     const POLL_INTERVAL_SECS: u32;
     /// Every data type the connector can read.
     const DATA_TYPES: &'static [DataType];
+    /// The API's published call quota per tenant, kept by [`crate::budget`]; none by default.
+    const CALL_LIMITS: &'static [crate::budget::Limit] = &[];
 
     /// JSON Schema `properties` of the connector's own config keys.
     fn config_properties() -> Value;

@@ -8,6 +8,7 @@
 //! against a fake of the host imports ([`platform::Platform`]).
 
 pub mod auth;
+pub mod budget;
 pub mod cloud;
 pub mod config;
 mod connector;

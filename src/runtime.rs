@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthError, Token, describe_http_error, fetch_token};
+use crate::budget::{Budget, Limit};
 use crate::config::{self, Config};
 use crate::connector::{Connector, Query};
 use crate::cursor::{Cursor, Stream};
@@ -39,6 +40,8 @@ pub(crate) enum Failure {
     Throttled(Option<u32>, String),
     Transient(String),
     Fatal(String),
+    /// The call budget is spent: no call before this many seconds.
+    Budget(u32),
 }
 
 pub struct Instance {
@@ -49,6 +52,8 @@ pub struct Instance {
     /// Data types that opened a window during this instance's life. A window resumed from
     /// a cursor was opened by an earlier process, maybe long ago: see `poll`.
     opened_here: Vec<&'static str>,
+    /// The API's call quota ([`Connector::CALL_LIMITS`]); empty = none.
+    call_limits: &'static [Limit],
 }
 
 pub fn describe<C: Connector>() -> Metadata {
@@ -98,6 +103,7 @@ impl Instance {
             queries,
             token: None,
             opened_here: Vec::new(),
+            call_limits: C::CALL_LIMITS,
         })
     }
 
@@ -110,9 +116,27 @@ impl Instance {
         Ok(self.token.as_ref().expect("just set"))
     }
 
+    /// Takes one call from the budget, or says how long until one is free. Token requests
+    /// go to the login host and do not count against Graph's quota.
+    pub(crate) fn take_call(&self, p: &dyn Platform) -> Result<(), u32> {
+        if self.call_limits.is_empty() {
+            return Ok(());
+        }
+        let now = p.now().unix_secs();
+        let mut budget = Budget::load(p, self.call_limits);
+        match budget.wait_secs(now) {
+            0 => {
+                budget.spend(p, now);
+                Ok(())
+            }
+            wait => Err(wait),
+        }
+    }
+
     /// GET with the bearer token; a 401 gets one fresh token and one more try.
     pub(crate) fn get(&mut self, p: &dyn Platform, url: &str) -> Result<Response, Failure> {
         for attempt in 0..2 {
+            self.take_call(p).map_err(Failure::Budget)?;
             let bearer = self
                 .token(p)
                 .map_err(|e| match e {
@@ -213,6 +237,7 @@ impl Instance {
         let mut failures = Vec::new();
         let mut succeeded = 0;
         let mut finished_resumed_window = false;
+        let mut budget_wait = None;
         for q in self.queries.clone() {
             let name = q.data_type.name;
             let stream = cursor.streams.get_mut(name).expect("inserted above");
@@ -230,8 +255,25 @@ impl Instance {
                     finished_resumed_window |=
                         was_paging && stream.next.is_none() && !self.opened_here.contains(&name);
                 }
+                Err(Failure::Budget(wait)) => budget_wait = budget_wait.max(Some(wait)),
                 Err(f) => failures.push((q.data_type.name, f)),
             }
+        }
+        if let Some(wait) = budget_wait {
+            // Commit what this poll has; the backlog goes on once the budget allows.
+            p.log(
+                Level::Info,
+                &format!("call budget spent: next Graph call in {wait} s"),
+            );
+            for (name, failure) in failures {
+                p.log(Level::Warn, &format!("{name}: {failure:?}"));
+            }
+            return Ok(Batch {
+                events,
+                cursor: cursor.encode(),
+                more: true,
+                wait_secs: Some(wait),
+            });
         }
         if succeeded == 0 && !failures.is_empty() {
             let (name, failure) = failures.remove(0);
@@ -414,6 +456,10 @@ impl Instance {
         match failure {
             Failure::Auth(m) => PollError::Auth(format!("{name}: {m}")),
             Failure::Fatal(m) => PollError::Fatal(format!("{name}: {m}")),
+            Failure::Budget(after) => PollError::RateLimited(Retry {
+                after_secs: after,
+                message: format!("{name}: the API's call budget is spent"),
+            }),
             Failure::Throttled(Some(after), m) => PollError::RateLimited(Retry {
                 after_secs: after,
                 message: format!("{name}: {m}; Retry-After {after}s"),

@@ -97,6 +97,13 @@ impl Instance {
                 .token(p)
                 .map_err(|e| fail(ValidationCode::Network, e.describe(), "try again"))?
                 .bearer();
+            if let Err(wait) = self.take_call(p) {
+                return Err(fail(
+                    ValidationCode::ApiUnavailable,
+                    format!("the API's call budget for this tenant is spent for the next {wait} s"),
+                    "validate again after that; polls share the same budget",
+                ));
+            }
             let request = Request {
                 method: "GET".into(),
                 url,

@@ -16,6 +16,10 @@ struct Replayed {
 }
 
 fn replay_scenario(name: &str) -> Replayed {
+    replay_of("defender-alerts", name)
+}
+
+fn replay_of(connector: &str, name: &str) -> Replayed {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let options = ReplayOptions {
@@ -24,10 +28,8 @@ fn replay_scenario(name: &str) -> Replayed {
         state: dir.path().join("state.db"),
         limits: Limits::default(),
     };
-    let fixture = connector_host::fixtures_dir()
-        .join("defender-alerts")
-        .join(name);
-    let report = replay(support::alerts_component(), &fixture, &options).expect("replay runs");
+    let fixture = connector_host::fixtures_dir().join(connector).join(name);
+    let report = replay(&support::component(connector), &fixture, &options).expect("replay runs");
     assert!(
         report.matched(),
         "requests and recording differ: {report:#?}"
@@ -42,10 +44,18 @@ fn snapshot(r: &Replayed) {
     insta::assert_json_snapshot!(r.report.scenario.clone(), r.report);
 }
 
+fn snapshot_as(prefix: &str, r: &Replayed) {
+    insta::assert_json_snapshot!(format!("{prefix}-{}", r.report.scenario), r.report);
+}
+
 /// The records of a fixture's Graph pages, in the order served.
 fn served_records(name: &str) -> Vec<Value> {
+    served_records_of("defender-alerts", name)
+}
+
+fn served_records_of(connector: &str, name: &str) -> Vec<Value> {
     let path = connector_host::fixtures_dir()
-        .join("defender-alerts")
+        .join(connector)
         .join(name)
         .join("scenario.json");
     let scenario: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
@@ -193,36 +203,43 @@ fn a_malformed_page_fails_the_poll_keeps_the_cursor_and_the_retry_completes() {
     assert_eq!(delivered, served);
 }
 
-fn validate_outcome(name: &str) -> String {
-    let r = replay_scenario(name);
+fn validate_outcome(connector: &str, name: &str) -> String {
+    let r = replay_of(connector, name);
     assert_eq!(r.report.steps.len(), 1);
     assert!(r.lines.is_empty());
     r.report.steps[0].outcome.clone()
 }
 
-#[test]
-fn validate_names_each_cause() {
-    let cases = [
-        ("validate-ok", "ok"),
-        ("validate-tenant-not-found", "error: tenant-not-found: "),
-        ("validate-client-not-found", "error: client-not-found: "),
-        ("validate-invalid-secret", "error: invalid-secret: "),
-        (
-            "validate-secret-id-not-value",
-            "error: secret-id-not-value: ",
-        ),
-        ("validate-secret-expired", "error: secret-expired: "),
-        ("validate-no-admin-consent", "error: no-admin-consent: "),
-        ("validate-missing-permission", "error: missing-permission: "),
-        ("validate-api-unavailable", "error: api-unavailable: "),
-        ("validate-network", "error: network: "),
-    ];
+fn validate_all(connector: &str, cases: &[(&str, &str)]) -> serde_json::Map<String, Value> {
     let mut outcomes = serde_json::Map::new();
     for (scenario, prefix) in cases {
-        let outcome = validate_outcome(scenario);
+        let outcome = validate_outcome(connector, scenario);
         assert!(outcome.starts_with(prefix), "{scenario}: {outcome}");
-        outcomes.insert(scenario.into(), outcome.into());
+        outcomes.insert(scenario.to_string(), outcome.into());
     }
+    outcomes
+}
+
+#[test]
+fn validate_names_each_cause() {
+    let outcomes = validate_all(
+        "defender-alerts",
+        &[
+            ("validate-ok", "ok"),
+            ("validate-tenant-not-found", "error: tenant-not-found: "),
+            ("validate-client-not-found", "error: client-not-found: "),
+            ("validate-invalid-secret", "error: invalid-secret: "),
+            (
+                "validate-secret-id-not-value",
+                "error: secret-id-not-value: ",
+            ),
+            ("validate-secret-expired", "error: secret-expired: "),
+            ("validate-no-admin-consent", "error: no-admin-consent: "),
+            ("validate-missing-permission", "error: missing-permission: "),
+            ("validate-api-unavailable", "error: api-unavailable: "),
+            ("validate-network", "error: network: "),
+        ],
+    );
     let missing = &outcomes["validate-missing-permission"];
     assert!(
         missing.as_str().unwrap().contains("SecurityAlert.Read.All"),
@@ -231,34 +248,205 @@ fn validate_names_each_cause() {
     insta::assert_json_snapshot!("validate", outcomes);
 }
 
+// Defender incidents.
+
+const INCIDENTS: &str = "defender-incidents";
+
+fn assert_each_served_record_once(r: &Replayed, scenario: &str) {
+    let served = served_records_of(INCIDENTS, scenario);
+    let mut served_ids: Vec<(String, String)> = served
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().into(),
+                v["lastUpdateDateTime"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    served_ids.sort();
+    served_ids.dedup();
+    let mut delivered = ids(&r.lines);
+    let count = delivered.len();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len(),
+        count,
+        "an (id, version) was delivered twice"
+    );
+    assert_eq!(
+        delivered, served_ids,
+        "every incident version served is delivered"
+    );
+}
+
+#[test]
+fn incidents_backfill_with_alerts_carries_each_incidents_alerts_in_one_event() {
+    let r = replay_of(INCIDENTS, "backfill-with-alerts");
+    snapshot_as(INCIDENTS, &r);
+    assert_each_served_record_once(&r, "backfill-with-alerts");
+    for line in &r.lines {
+        assert_eq!(line["kind"], "defender.incident");
+        assert_eq!(line["connector"], "defender-incidents");
+        assert_eq!(
+            line["payload"]["alerts"].as_array().map(Vec::len),
+            Some(2),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn incidents_backfill_without_alerts_asks_for_no_expansion() {
+    let r = replay_of(INCIDENTS, "backfill");
+    snapshot_as(INCIDENTS, &r);
+    assert_each_served_record_once(&r, "backfill");
+    assert!(r.lines.iter().all(|l| l["payload"].get("alerts").is_none()));
+}
+
+#[test]
+fn an_updated_incident_comes_again_with_its_new_version_and_an_unchanged_one_does_not() {
+    let r = replay_of(INCIDENTS, "incremental");
+    snapshot_as(INCIDENTS, &r);
+    let second = &r.report.steps[1].events;
+    assert_eq!(
+        second.len(),
+        2,
+        "the resolved incident and the new one: {second:?}"
+    );
+    let resolved = r
+        .lines
+        .iter()
+        .rev()
+        .find(|l| l["payload"]["status"] == "resolved");
+    assert!(
+        resolved.is_some(),
+        "the status change reaches the workflows"
+    );
+}
+
+#[test]
+fn a_spent_call_budget_pauses_the_poll_instead_of_drawing_429s_and_loses_nothing() {
+    let r = replay_of(INCIDENTS, "call-budget");
+    snapshot_as(INCIDENTS, &r);
+    assert_each_served_record_once(&r, "call-budget");
+    let second = &r.report.steps[1];
+    let waits: Vec<u64> = second
+        .polls
+        .iter()
+        .map(|p| p.wait_secs)
+        .filter(|w| *w > 0)
+        .collect();
+    assert_eq!(
+        waits,
+        [41],
+        "45 calls at the first poll, 5 more 20 s later, then wait for the minute"
+    );
+    assert!(
+        r.report
+            .steps
+            .iter()
+            .flat_map(|s| &s.polls)
+            .all(|p| p.outcome == "ok"),
+        "no throttled or failed poll"
+    );
+    let requests: u64 = r
+        .report
+        .steps
+        .iter()
+        .flat_map(|s| &s.polls)
+        .map(|p| p.requests)
+        .sum();
+    assert_eq!(
+        requests,
+        2 + 45 + 13,
+        "two tokens and one call per page, nothing more"
+    );
+}
+
+#[test]
+fn incidents_honour_a_429_that_still_arrives() {
+    let r = replay_of(INCIDENTS, "throttled");
+    snapshot_as(INCIDENTS, &r);
+    assert_each_served_record_once(&r, "throttled");
+    let waits: Vec<u64> = r.report.steps[0]
+        .polls
+        .iter()
+        .filter(|p| p.outcome == "retry")
+        .map(|p| p.wait_secs)
+        .collect();
+    assert_eq!(waits, [45]);
+}
+
+#[test]
+fn incidents_validate_names_the_missing_incident_permission() {
+    let outcomes = validate_all(
+        INCIDENTS,
+        &[
+            ("validate-ok", "ok"),
+            ("validate-missing-permission", "error: missing-permission: "),
+            ("validate-no-admin-consent", "error: no-admin-consent: "),
+            ("validate-api-unavailable", "error: api-unavailable: "),
+        ],
+    );
+    assert!(
+        outcomes["validate-missing-permission"]
+            .as_str()
+            .unwrap()
+            .contains("lacks SecurityIncident.Read.All")
+    );
+    insta::assert_json_snapshot!("defender-incidents-validate", outcomes);
+}
+
 #[test]
 fn every_fixture_scenario_has_a_test() {
-    let tested = [
-        "backfill",
-        "incremental",
-        "throttled",
-        "token-expiry",
-        "foreign-next-link",
-        "malformed-page",
-        "validate-ok",
-        "validate-tenant-not-found",
-        "validate-client-not-found",
-        "validate-invalid-secret",
-        "validate-secret-id-not-value",
-        "validate-secret-expired",
-        "validate-no-admin-consent",
-        "validate-missing-permission",
-        "validate-api-unavailable",
-        "validate-network",
+    let tested: &[(&str, &[&str])] = &[
+        (
+            "defender-alerts",
+            &[
+                "backfill",
+                "incremental",
+                "throttled",
+                "token-expiry",
+                "foreign-next-link",
+                "malformed-page",
+                "validate-ok",
+                "validate-tenant-not-found",
+                "validate-client-not-found",
+                "validate-invalid-secret",
+                "validate-secret-id-not-value",
+                "validate-secret-expired",
+                "validate-no-admin-consent",
+                "validate-missing-permission",
+                "validate-api-unavailable",
+                "validate-network",
+            ],
+        ),
+        (
+            INCIDENTS,
+            &[
+                "backfill-with-alerts",
+                "backfill",
+                "incremental",
+                "call-budget",
+                "throttled",
+                "validate-ok",
+                "validate-missing-permission",
+                "validate-no-admin-consent",
+                "validate-api-unavailable",
+            ],
+        ),
     ];
-    let dir = connector_host::fixtures_dir().join("defender-alerts");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if Path::new(&dir).join(&name).is_dir() {
-            assert!(
-                tested.contains(&name.as_str()),
-                "fixture {name} is not replayed by a test"
-            );
+    for (connector, scenarios) in tested {
+        let dir = connector_host::fixtures_dir().join(connector);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if Path::new(&dir).join(&name).is_dir() {
+                assert!(
+                    scenarios.contains(&name.as_str()),
+                    "fixture {connector}/{name} is not replayed by a test"
+                );
+            }
         }
     }
 }

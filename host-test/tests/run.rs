@@ -74,6 +74,7 @@ fn run_delivers_every_alert_version_once_through_paging_throttling_and_token_exp
         page_max: 7,
         token_lifetime: Duration::from_millis(300),
         throttle_every: Some(4),
+        ..Behaviour::default()
     });
     sim.add_alerts("a", 40, Duration::from_secs(20 * 3600));
     let files = Files::new(&sim);
@@ -163,4 +164,91 @@ fn a_changed_backfill_is_refused_once_the_instance_has_state() {
         err.contains("backfill_days") && err.contains("delete the instance"),
         "{err}"
     );
+}
+
+#[test]
+fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 30, Duration::from_secs(3600));
+    let files = Files::new(&sim);
+    let child = support::host(&[
+        "run",
+        alerts_wasm().to_str().unwrap(),
+        "--config",
+        &files.path("tenant.json"),
+        "--secrets",
+        &files.path("secrets.json"),
+        "--state",
+        &files.path("state.db"),
+        "--out",
+        &files.path("out.jsonl"),
+        "--interval",
+        "3600",
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait until it has caught up (30 alerts, 7 a page), then ask it to stop.
+    let out = Path::new(&files.path("out.jsonl")).to_path_buf();
+    for _ in 0..300 {
+        if read_lines(&out).len() == 30 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read_lines(&out).len(), 30, "caught up before the signal");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("stopped"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
+    // 56 incidents, one a page: the backfill needs more than the minute's 50 calls, so it
+    // must pause for the budget (about a minute) instead of drawing 429s.
+    let sim = GraphSim::start(Behaviour {
+        page_max: 1,
+        incidents_quota: true,
+        ..Behaviour::default()
+    });
+    sim.add_alerts("i", 56, Duration::from_secs(20 * 3600));
+    let files = Files::new(&sim);
+    let out = run_host(&[
+        "run",
+        support::component_wasm("defender-incidents")
+            .to_str()
+            .unwrap(),
+        "--config",
+        &files.path("tenant.json"),
+        "--secrets",
+        &files.path("secrets.json"),
+        "--state",
+        &files.path("state.db"),
+        "--out",
+        &files.path("out.jsonl"),
+        "--once",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
+    assert_eq!(
+        sim.with_counters(|c| c.quota_violations),
+        0,
+        "no 429 from the connector's own pace"
+    );
+    assert!(
+        text(&out.stderr).contains("call budget spent"),
+        "{}",
+        text(&out.stderr)
+    );
+    let lines = read_lines(Path::new(&files.path("out.jsonl")));
+    assert!(lines.iter().all(|l| l["kind"] == "defender.incident"));
 }

@@ -1,7 +1,9 @@
 //! A loopback server that behaves like the Microsoft identity platform's token endpoint and
-//! Graph's `/security/alerts_v2` list: `$filter=lastUpdateDateTime ge`, `$top` capped by a
-//! server page size, `$skip` next links, newest first, bearer tokens that expire, and
-//! throttling on request. It records the ground truth: every (id, version) it ever served.
+//! Graph's security lists (`/security/alerts_v2`, `/security/incidents`, one record set
+//! served under both): `$filter=lastUpdateDateTime ge`, `$top` capped by a server page
+//! size, `$skip` next links, newest first, bearer tokens that expire, throttling on
+//! request, and the incidents quota. It records the ground truth: every (id, version) it
+//! ever served.
 
 #![allow(dead_code)]
 
@@ -34,6 +36,9 @@ pub struct Behaviour {
     pub token_lifetime: Duration,
     /// Every n-th Graph request is answered 429 with `Retry-After: 1`.
     pub throttle_every: Option<usize>,
+    /// Enforce the Defender incidents quota (50 calls in any minute, 1,500 in any hour):
+    /// a request over it is answered 429 and counted in `quota_violations`.
+    pub incidents_quota: bool,
 }
 
 impl Default for Behaviour {
@@ -42,6 +47,7 @@ impl Default for Behaviour {
             page_max: 7,
             token_lifetime: Duration::from_secs(3600),
             throttle_every: None,
+            incidents_quota: false,
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct Counters {
     pub graph_requests: usize,
     pub throttled: usize,
     pub expired_tokens: usize,
+    /// Requests that broke the incidents quota.
+    pub quota_violations: usize,
 }
 
 struct State {
@@ -62,6 +70,8 @@ struct State {
     behaviour: Behaviour,
     counters: Counters,
     next_token: u64,
+    /// When each Graph request arrived (for the quota).
+    calls: Vec<Instant>,
 }
 
 pub struct GraphSim {
@@ -108,6 +118,7 @@ impl GraphSim {
             behaviour,
             counters: Counters::default(),
             next_token: 0,
+            calls: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -259,7 +270,12 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             &[],
         );
     }
-    if request.method() != &tiny_http::Method::Get || url.path() != "/v1.0/security/alerts_v2" {
+    let entity = match url.path() {
+        "/v1.0/security/alerts_v2" => "alerts_v2",
+        "/v1.0/security/incidents" => "incidents",
+        _ => "",
+    };
+    if request.method() != &tiny_http::Method::Get || entity.is_empty() {
         drop(s);
         return respond(
             request,
@@ -300,6 +316,28 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
                     "Access token is empty or unknown.",
                 ),
                 &[],
+            );
+        }
+    }
+    let now = Instant::now();
+    s.calls.push(now);
+    if s.behaviour.incidents_quota {
+        let in_last = |s: &State, d: Duration| {
+            s.calls
+                .iter()
+                .filter(|t| now.duration_since(**t) < d)
+                .count()
+        };
+        if in_last(&s, Duration::from_secs(60)) > 50
+            || in_last(&s, Duration::from_secs(3600)) > 1500
+        {
+            s.counters.quota_violations += 1;
+            drop(s);
+            return respond(
+                request,
+                429,
+                graph_error("TooManyRequests", "Rate limit is exceeded."),
+                &[("retry-after", "60")],
             );
         }
     }
@@ -346,7 +384,7 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
         .take(take)
         .map(|a| a.json())
         .collect();
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#security/alerts_v2"), "value": records});
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#security/{entity}"), "value": records});
     if skip + take < matching.len() {
         let filter = q["$filter"].clone();
         let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes())
@@ -361,13 +399,15 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     respond(request, 200, body, &[]);
 }
 
-/// An unsigned JWT that grants SecurityAlert.Read.All; unique per issue.
+/// An unsigned JWT that grants the alerts and incidents permissions; unique per issue.
 fn jwt(n: u64) -> String {
     use base64::Engine as _;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     format!(
         "{}.{}.sim",
         b64(json!({"alg": "none"})),
-        b64(json!({"tid": TENANT, "roles": ["SecurityAlert.Read.All"], "n": n}))
+        b64(
+            json!({"tid": TENANT, "roles": ["SecurityAlert.Read.All", "SecurityIncident.Read.All"], "n": n})
+        )
     )
 }

@@ -5,23 +5,29 @@
 
 pub mod graph_sim;
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use connector_host::engine::{HostEngine, LoadedComponent};
 
-/// The Defender Alerts component, compiled once (and cached on disk for the other test
-/// binaries and the CLI runs).
-pub fn alerts_component() -> &'static LoadedComponent {
-    static COMPONENT: OnceLock<LoadedComponent> = OnceLock::new();
-    COMPONENT.get_or_init(|| {
-        let engine = HostEngine::new(Some(cache_dir())).expect("engine");
-        engine
-            .load(&connector_host::component_path("defender-alerts"))
-            .expect("the built defender-alerts component loads")
-    })
+/// A built connector component, compiled once per test binary (and cached on disk for
+/// the other test binaries and the CLI runs).
+pub fn component(connector: &str) -> LoadedComponent {
+    static ENGINE: OnceLock<HostEngine> = OnceLock::new();
+    static LOADED: Mutex<BTreeMap<String, LoadedComponent>> = Mutex::new(BTreeMap::new());
+    let engine = ENGINE.get_or_init(|| HostEngine::new(Some(cache_dir())).expect("engine"));
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    loaded
+        .entry(connector.to_string())
+        .or_insert_with(|| {
+            engine
+                .load(&connector_host::component_path(connector))
+                .unwrap_or_else(|e| panic!("the built {connector} component loads: {e}"))
+        })
+        .clone()
 }
 
 /// One compiled-component cache for all tests of this build.
@@ -30,7 +36,11 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn alerts_wasm() -> PathBuf {
-    connector_host::component_path("defender-alerts")
+    component_wasm("defender-alerts")
+}
+
+pub fn component_wasm(connector: &str) -> PathBuf {
+    connector_host::component_path(connector)
 }
 
 /// `connector-host <args>` with the test cache and a fixed environment.
