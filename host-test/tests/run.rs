@@ -213,15 +213,17 @@ fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
 
 #[test]
 fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
-    // 56 incidents, one a page: the backfill needs more than the minute's 50 calls, so it
-    // must pause for the budget (about a minute) instead of drawing 429s.
+    // 5,600 incidents, 100 a page (the API's maximum): the backfill needs more than the
+    // minute's 50 calls, so it must pause for the budget (about a minute) instead of
+    // drawing 429s.
     let sim = GraphSim::start(Behaviour {
-        page_max: 1,
+        page_max: 100,
         incidents_quota: true,
         ..Behaviour::default()
     });
-    sim.add_alerts("i", 56, Duration::from_secs(20 * 3600));
+    sim.add_alerts("i", 5600, Duration::from_secs(20 * 3600));
     let files = Files::new(&sim);
+    let started = std::time::Instant::now();
     let out = run_host(&[
         "run",
         support::component_wasm("defender-incidents")
@@ -251,4 +253,10 @@ fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
     );
     let lines = read_lines(Path::new(&files.path("out.jsonl")));
     assert!(lines.iter().all(|l| l["kind"] == "defender.incident"));
+    let (calls, tokens) = sim.with_counters(|c| (c.graph_requests, c.token_requests));
+    eprintln!(
+        "incidents backfill: {} records, {calls} Graph calls, {tokens} token requests, {:.0?} elapsed",
+        lines.len(),
+        started.elapsed()
+    );
 }
