@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Connector crates (package names) built into components.
-const CONNECTORS: &[&str] = &["defender-alerts", "defender-incidents"];
+const CONNECTORS: &[&str] = &["defender-alerts", "defender-incidents", "entra"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -204,6 +204,26 @@ impl Options {
         }
     }
 
+    /// A list whose items must each be one of `allowed` (an enum in the schema).
+    pub fn choices(
+        &mut self,
+        key: &str,
+        allowed: &[&str],
+        what: &str,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(items) = self.string_list(key)? else {
+            return Ok(None);
+        };
+        if let Some(bad) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
+            return Err(error(
+                key,
+                format!("`{bad}` is not {what}"),
+                format!("use any of {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Some(items))
+    }
+
     /// Refuses keys nobody read.
     pub fn finish(self, connector: &str) -> Result<(), ConfigError> {
         match self.0.keys().next() {

@@ -24,7 +24,8 @@ pub struct DataType {
     /// Records change after creation: the window field's value is the event `version`,
     /// so each update is delivered again.
     pub versioned: bool,
-    /// `$top`: the endpoint's documented maximum page size.
+    /// `$top`: the endpoint's documented maximum page size; 0 where none is documented
+    /// (no `$top`: Graph's default page size, a guess could be refused).
     pub page_size: u32,
     /// The endpoint documents `$orderby` on the window field.
     pub order_by_window: bool,

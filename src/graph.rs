@@ -31,12 +31,10 @@ pub fn list_url(graph_base: &str, q: &Query, from: Timestamp) -> String {
     if let Some(extra) = &q.filter {
         filter = format!("{filter} and ({extra})");
     }
-    let mut url = format!(
-        "{graph_base}{}?$filter={}&$top={}",
-        t.path,
-        enc(&filter),
-        t.page_size
-    );
+    let mut url = format!("{graph_base}{}?$filter={}", t.path, enc(&filter));
+    if t.page_size > 0 {
+        url.push_str(&format!("&$top={}", t.page_size));
+    }
     if t.order_by_window {
         url.push_str(&format!(
             "&$orderby={}",

@@ -44,6 +44,17 @@ pub(crate) enum Failure {
     Budget(u32),
 }
 
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Auth(m) | Failure::Transient(m) | Failure::Fatal(m) => m.clone(),
+            Failure::Throttled(Some(after), m) => format!("{m}; Retry-After {after}s"),
+            Failure::Throttled(None, m) => m.clone(),
+            Failure::Budget(wait) => format!("call budget spent for {wait} s"),
+        }
+    }
+}
+
 pub struct Instance {
     pub(crate) name: &'static str,
     pub(crate) config: Config,
@@ -266,7 +277,7 @@ impl Instance {
                 &format!("call budget spent: next Graph call in {wait} s"),
             );
             for (name, failure) in failures {
-                p.log(Level::Warn, &format!("{name}: {failure:?}"));
+                p.log(Level::Warn, &format!("{name}: {}", failure.describe()));
             }
             return Ok(Batch {
                 events,
@@ -279,10 +290,21 @@ impl Instance {
             let (name, failure) = failures.remove(0);
             return Err(self.poll_error(p, name, failure));
         }
+        // Some types failed, others advanced. A throttled type is polled again once Graph
+        // allows (the others open new windows meanwhile; dedup absorbs the overlap); a type
+        // failing for another reason waits for the next scheduled poll.
+        let mut throttled_wait: Option<u32> = None;
         for (name, failure) in failures {
+            if let Failure::Throttled(after, _) = &failure {
+                let wait = after.unwrap_or_else(|| backoff_secs(1, p.random()));
+                throttled_wait = throttled_wait.max(Some(wait));
+            }
             p.log(
                 Level::Warn,
-                &format!("{name}: {failure:?}; the other data types went on"),
+                &format!(
+                    "{name}: {}; the other data types went on",
+                    failure.describe()
+                ),
             );
         }
         self.reset_attempts(p);
@@ -290,12 +312,14 @@ impl Instance {
         // stopped or crashed); what changed since then is in the next window, so finish
         // with one window of our own: `run --once` then delivers everything visible when
         // it started. Windows opened here end the catch-up when paged through.
-        let more = finished_resumed_window || cursor.streams.values().any(|s| s.next.is_some());
+        let more = throttled_wait.is_some()
+            || finished_resumed_window
+            || cursor.streams.values().any(|s| s.next.is_some());
         Ok(Batch {
             events,
             more,
             cursor: cursor.encode(),
-            wait_secs: None,
+            wait_secs: throttled_wait,
         })
     }
 

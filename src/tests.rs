@@ -512,6 +512,17 @@ fn data_types_advance_independently_and_new_ones_start_at_the_origin() {
             .any(|(_, m)| m.starts_with("alerts:")),
         "the failure names its type"
     );
+    assert!(
+        !second.more,
+        "a 503 without Retry-After waits for the next scheduled poll"
+    );
+
+    // A throttled type with others advancing: poll again after its Retry-After.
+    p.respond(429, &[("retry-after", "30")], b"{}");
+    p.respond_json(200, page(vec![], None));
+    let third = poll(&mut both, &p, Some(&second.cursor)).unwrap();
+    assert!(third.more);
+    assert_eq!(third.wait_secs, Some(30));
 }
 
 fn validate_with(
@@ -565,7 +576,7 @@ fn validate_names_each_cause() {
     assert_eq!(e.code, ValidationCode::MissingPermission);
     assert!(
         e.message.contains(
-            "SecurityAlert.Read.All (needed for alerts), AuditLog.Read.All (needed for audits)"
+            "SecurityAlert.Read.All (needed for alerts) and AuditLog.Read.All (needed for audits)"
         ),
         "{}",
         e.message

@@ -48,8 +48,12 @@ impl Instance {
             .map(|q| (q.data_type.permissions[0], q.data_type.name))
             .collect();
         let grant = |perms: &[(&str, &str)]| {
-            let mut names: Vec<&str> = perms.iter().map(|(p, _)| *p).collect();
-            names.dedup();
+            let mut names: Vec<&str> = Vec::new();
+            for (p, _) in perms {
+                if !names.contains(p) {
+                    names.push(p);
+                }
+            }
             format!(
                 "in the Entra admin center, open the app registration > API permissions, add the Microsoft Graph \
                  application permission(s) {} and click \"Grant admin consent\"",
@@ -75,17 +79,26 @@ impl Instance {
             .map(|q| (q.data_type.permissions[0], q.data_type.name))
             .collect();
         if !missing.is_empty() {
-            let list: Vec<String> = missing
+            // One entry per permission, naming every selected type that needs it.
+            let mut by_permission: Vec<(&str, Vec<&str>)> = Vec::new();
+            for (permission, data_type) in &missing {
+                match by_permission.iter_mut().find(|(p, _)| p == permission) {
+                    Some((_, types)) => types.push(data_type),
+                    None => by_permission.push((permission, vec![data_type])),
+                }
+            }
+            let list: Vec<String> = by_permission
                 .iter()
-                .map(|(p, t)| format!("{p} (needed for {t})"))
+                .map(|(p, types)| format!("{p} (needed for {})", types.join(", ")))
                 .collect();
+            let has = if roles.is_empty() {
+                "none".to_string()
+            } else {
+                roles.join(", ")
+            };
             return Err(fail(
                 ValidationCode::MissingPermission,
-                format!(
-                    "the app lacks {}; it has {}",
-                    list.join(", "),
-                    roles.join(", ")
-                ),
+                format!("the app lacks {}; it has {has}", list.join(" and ")),
                 grant(&missing),
             ));
         }

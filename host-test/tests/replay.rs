@@ -398,6 +398,117 @@ fn incidents_validate_names_the_missing_incident_permission() {
     insta::assert_json_snapshot!("defender-incidents-validate", outcomes);
 }
 
+// Entra ID.
+
+const ENTRA: &str = "entra";
+
+fn kinds_of(lines: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for l in lines {
+        *kinds
+            .entry(l["kind"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    kinds
+}
+
+#[test]
+fn entra_backfill_reads_each_selected_type_across_its_pages() {
+    let r = replay_of(ENTRA, "backfill");
+    snapshot_as(ENTRA, &r);
+    let kinds = kinds_of(&r.lines);
+    assert_eq!(
+        kinds,
+        [
+            ("entra.directory_audit".to_string(), 5),
+            ("entra.risk_detection".to_string(), 4),
+            ("entra.risky_sign_in".to_string(), 4),
+            ("entra.risky_user".to_string(), 3),
+        ]
+        .into()
+    );
+    for l in &r.lines {
+        let versioned = matches!(
+            l["kind"].as_str(),
+            Some("entra.risky_user" | "entra.risk_detection")
+        );
+        assert_eq!(l["version"].as_str().unwrap().is_empty(), !versioned, "{l}");
+    }
+    let served = served_records_of(ENTRA, "backfill");
+    assert_eq!(
+        r.lines.len(),
+        served.len(),
+        "every record of every page, once"
+    );
+}
+
+#[test]
+fn a_throttled_type_does_not_hold_back_the_others_and_is_read_after_its_wait() {
+    let r = replay_of(ENTRA, "one-type-throttled");
+    snapshot_as(ENTRA, &r);
+    let polls = &r.report.steps[0].polls;
+    assert_eq!(polls[0].outcome, "ok");
+    assert_eq!(
+        polls[0].events, 3,
+        "the three other types delivered in the throttled poll"
+    );
+    assert_eq!(polls[0].wait_secs, 30, "the throttled type's Retry-After");
+    let kinds = kinds_of(&r.lines);
+    assert_eq!(
+        kinds.get("entra.risky_user"),
+        Some(&1),
+        "read after the wait"
+    );
+    assert_eq!(
+        r.lines.len(),
+        4,
+        "the overlap of the next windows is not repeated"
+    );
+}
+
+#[test]
+fn a_remediated_user_and_a_dismissed_detection_come_again_as_new_versions() {
+    let r = replay_of(ENTRA, "risk-updates");
+    snapshot_as(ENTRA, &r);
+    let second = &r.report.steps[1].events;
+    assert_eq!(second.len(), 2);
+    let states: Vec<&str> = r.lines[2..]
+        .iter()
+        .map(|l| l["payload"]["riskState"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["remediated", "dismissed"]);
+    assert_eq!(
+        r.lines[0]["id"], r.lines[2]["id"],
+        "the same user, a new version"
+    );
+}
+
+#[test]
+fn the_us_government_cloud_uses_its_own_login_and_graph_hosts() {
+    let r = replay_of(ENTRA, "usgov-cloud");
+    snapshot_as(ENTRA, &r);
+    // `matched()` holds: every request went to login.microsoftonline.us and
+    // graph.microsoft.us as recorded; nothing to the global hosts.
+    assert_eq!(r.lines.len(), 2);
+}
+
+#[test]
+fn entra_validate_names_every_missing_permission_with_its_type() {
+    let outcomes = validate_all(
+        ENTRA,
+        &[
+            ("validate-ok", "ok"),
+            ("validate-missing-permission", "error: missing-permission: "),
+        ],
+    );
+    let missing = outcomes["validate-missing-permission"].as_str().unwrap();
+    assert!(
+        missing.contains("IdentityRiskyUser.Read.All (needed for risky_users) and IdentityRiskEvent.Read.All (needed for risk_detections)"),
+        "{missing}"
+    );
+    insta::assert_json_snapshot!("entra-validate", outcomes);
+}
+
 #[test]
 fn every_fixture_scenario_has_a_test() {
     let tested: &[(&str, &[&str])] = &[

@@ -60,17 +60,13 @@ impl Connector for DefenderAlerts {
     }
 
     fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError> {
-        let sources = options.string_list("service_sources")?.unwrap_or_default();
-        if let Some(bad) = sources
-            .iter()
-            .find(|s| !SERVICE_SOURCES.contains(&s.as_str()))
-        {
-            return Err(ConfigError {
-                key: "service_sources".into(),
-                message: format!("`{bad}` is not a Graph alert serviceSource"),
-                remedy: format!("use any of {}", SERVICE_SOURCES.join(", ")),
-            });
-        }
+        let sources = options
+            .choices(
+                "service_sources",
+                SERVICE_SOURCES,
+                "a Graph alert serviceSource",
+            )?
+            .unwrap_or_default();
         let filter = (!sources.is_empty()).then(|| {
             sources
                 .iter()
