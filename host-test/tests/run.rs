@@ -260,3 +260,86 @@ fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 6,
+        throttle_every: Some(7),
+        ..Behaviour::default()
+    });
+    sim.add_alerts("e", 25, Duration::from_secs(20 * 3600));
+    let files = Files::new(&sim);
+    let mut config = sim.config(1);
+    config["event_types"] = json!([
+        "directory_audits",
+        "risky_sign_ins",
+        "risky_users",
+        "risk_detections"
+    ]);
+    write_json(&files.dir.path().join("tenant.json"), &config);
+    let run = || {
+        run_host(&[
+            "run",
+            support::component_wasm("entra").to_str().unwrap(),
+            "--config",
+            &files.path("tenant.json"),
+            "--secrets",
+            &files.path("secrets.json"),
+            "--state",
+            &files.path("state.db"),
+            "--out",
+            &files.path("out.jsonl"),
+            "--once",
+        ])
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    // Risk changes: users and detections get new versions; audits and sign-ins do not change.
+    let ids = sim.ids();
+    sim.update_alerts(&ids[..4]);
+    let second = run();
+    assert!(second.status.success(), "{}", text(&second.stderr));
+
+    let lines = read_lines(Path::new(&files.path("out.jsonl")));
+    let of_kind = |kind: &str| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().into(),
+                    l["version"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let all_ids: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    for kind in ["entra.directory_audit", "entra.risky_sign_in"] {
+        let got = of_kind(kind);
+        let unique: std::collections::BTreeSet<String> =
+            got.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(unique.len(), got.len(), "{kind}: a record twice");
+        assert_eq!(unique, all_ids, "{kind}: every record");
+        assert!(got.iter().all(|(_, v)| v.is_empty()), "{kind} is immutable");
+    }
+    let latest = sim.latest();
+    let truth = sim.ground_truth();
+    for kind in ["entra.risky_user", "entra.risk_detection"] {
+        let got = of_kind(kind);
+        let unique: std::collections::BTreeSet<(String, String)> = got.iter().cloned().collect();
+        assert_eq!(unique.len(), got.len(), "{kind}: a version twice");
+        assert!(
+            latest.is_subset(&unique),
+            "{kind}: a current version missing"
+        );
+        assert!(unique.is_subset(&truth), "{kind}: a version never served");
+        assert!(
+            unique.len() > latest.len(),
+            "{kind}: the updates came as new versions"
+        );
+    }
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
+    assert!(sim.with_counters(|c| c.throttled) > 0, "throttling was met");
+}

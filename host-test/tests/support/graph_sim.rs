@@ -90,6 +90,31 @@ impl Alert {
         rfc3339(self.updated)
     }
 
+    /// The record as the list `entity` shows it: Entra lists carry the same simulated
+    /// record under their own field names (immutable lists use the creation time).
+    fn json_for(&self, entity: &str) -> Value {
+        let created = rfc3339(self.created);
+        match entity {
+            "directoryAudits" => {
+                json!({"id": self.id, "activityDateTime": created, "category": "RoleManagement",
+                "activityDisplayName": "Add member to role", "result": "success"})
+            }
+            "signIns" => {
+                json!({"id": self.id, "createdDateTime": created, "riskLevelDuringSignIn": "high",
+                "riskState": "atRisk", "userPrincipalName": "user@contoso.example"})
+            }
+            "riskyUsers" => {
+                json!({"id": self.id, "riskLastUpdatedDateTime": self.version(), "riskState": self.status,
+                "riskLevel": "high", "userPrincipalName": "user@contoso.example"})
+            }
+            "riskDetections" => {
+                json!({"id": self.id, "activityDateTime": created, "lastUpdatedDateTime": self.version(),
+                "riskEventType": "unfamiliarFeatures", "riskState": self.status})
+            }
+            _ => self.json(),
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "@odata.type": "#microsoft.graph.security.alert",
@@ -273,8 +298,14 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     let entity = match url.path() {
         "/v1.0/security/alerts_v2" => "alerts_v2",
         "/v1.0/security/incidents" => "incidents",
+        "/v1.0/auditLogs/directoryAudits" => "directoryAudits",
+        "/v1.0/auditLogs/signIns" => "signIns",
+        "/v1.0/identityProtection/riskyUsers" => "riskyUsers",
+        "/v1.0/identityProtection/riskDetections" => "riskDetections",
         _ => "",
     };
+    // Immutable lists filter (and sort) on the creation time, the others on the update.
+    let immutable = matches!(entity, "directoryAudits" | "signIns");
     if request.method() != &tiny_http::Method::Get || entity.is_empty() {
         drop(s);
         return respond(
@@ -357,9 +388,10 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     // Without `$filter` (the connector's validation probe): every alert.
     let since = match q.get("$filter") {
         None => SystemTime::UNIX_EPOCH,
+        // `<time field> ge <time>[ and (...)]`: the connectors' window filter.
         Some(f) => match f
-            .strip_prefix("lastUpdateDateTime ge ")
-            .and_then(|t| humantime::parse_rfc3339(t.split(' ').next().unwrap_or(t)).ok())
+            .split_once(" ge ")
+            .and_then(|(_, t)| humantime::parse_rfc3339(t.split(' ').next().unwrap_or(t)).ok())
         {
             Some(t) => t,
             None => {
@@ -375,23 +407,32 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     };
     let top: usize = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100);
     let skip: usize = q.get("$skip").and_then(|t| t.parse().ok()).unwrap_or(0);
-    let mut matching: Vec<&Alert> = s.alerts.values().filter(|a| a.updated >= since).collect();
-    matching.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.id.cmp(&b.id)));
+    let time = |a: &Alert| if immutable { a.created } else { a.updated };
+    let mut matching: Vec<&Alert> = s.alerts.values().filter(|a| time(a) >= since).collect();
+    matching.sort_by(|a, b| time(b).cmp(&time(a)).then(a.id.cmp(&b.id)));
+    if q.get("$orderby").is_some_and(|o| o.ends_with(" asc")) {
+        matching.reverse();
+    }
     let take = top.min(s.behaviour.page_max);
     let records: Vec<Value> = matching
         .iter()
         .skip(skip)
         .take(take)
-        .map(|a| a.json())
+        .map(|a| a.json_for(entity))
         .collect();
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#security/{entity}"), "value": records});
+    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", url.path().trim_start_matches("/v1.0/")), "value": records});
     if skip + take < matching.len() {
         let filter = q["$filter"].clone();
         let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes())
             .collect::<String>()
             .replace('+', "%20");
+        let orderby = q
+            .get("$orderby")
+            .map(|o| format!("&$orderby={}", o.replace(' ', "%20")))
+            .unwrap_or_default();
         body["@odata.nextLink"] = json!(format!(
-            "{base}/v1.0/security/alerts_v2?$filter={enc}&$top={top}&$skip={}",
+            "{base}{}?$filter={enc}&$top={top}{orderby}&$skip={}",
+            url.path(),
             skip + take
         ));
     }
@@ -399,7 +440,7 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     respond(request, 200, body, &[]);
 }
 
-/// An unsigned JWT that grants the alerts and incidents permissions; unique per issue.
+/// An unsigned JWT that grants every permission the connectors use; unique per issue.
 fn jwt(n: u64) -> String {
     use base64::Engine as _;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
@@ -407,7 +448,8 @@ fn jwt(n: u64) -> String {
         "{}.{}.sim",
         b64(json!({"alg": "none"})),
         b64(
-            json!({"tid": TENANT, "roles": ["SecurityAlert.Read.All", "SecurityIncident.Read.All"], "n": n})
+            json!({"tid": TENANT, "roles": ["SecurityAlert.Read.All", "SecurityIncident.Read.All", "AuditLog.Read.All",
+            "IdentityRiskyUser.Read.All", "IdentityRiskEvent.Read.All"], "n": n})
         )
     )
 }
