@@ -14,6 +14,12 @@ pub struct Limit {
     pub per_secs: u32,
 }
 
+impl Limit {
+    pub const fn calls_per(calls: u32, per_secs: u32) -> Limit {
+        Limit { calls, per_secs }
+    }
+}
+
 const KEY: &str = "budget:calls";
 
 /// The calls made within the longest limit's window (unix seconds, oldest first).
@@ -93,24 +99,16 @@ mod tests {
     use super::*;
     use crate::testing::FakePlatform;
 
-    const LIMITS: &[Limit] = &[
-        Limit {
-            calls: 50,
-            per_secs: 60,
-        },
-        Limit {
-            calls: 1500,
-            per_secs: 3600,
-        },
-    ];
+    // Small limits of the same shape as a real quota: 5 a minute, 20 an hour.
+    const LIMITS: &[Limit] = &[Limit::calls_per(5, 60), Limit::calls_per(20, 3600)];
 
     #[test]
-    fn the_51st_call_in_a_minute_waits_for_the_first_to_leave_the_window() {
+    fn the_call_over_the_minute_waits_for_the_first_to_leave_the_window() {
         let p = FakePlatform::new();
         let mut b = Budget::load(&p, LIMITS);
-        for i in 0..50 {
-            assert_eq!(b.wait_secs(1000 + i / 10), 0);
-            b.spend(&p, 1000 + i / 10);
+        for i in 0..5 {
+            assert_eq!(b.wait_secs(1000 + i), 0);
+            b.spend(&p, 1000 + i);
         }
         assert_eq!(
             b.wait_secs(1004),
@@ -127,16 +125,16 @@ mod tests {
     fn the_hourly_limit_holds_when_every_minute_is_within_its_own() {
         let p = FakePlatform::new();
         let mut b = Budget::load(&p, LIMITS);
-        for minute in 0..30 {
-            for _ in 0..50 {
+        for minute in 0..4 {
+            for _ in 0..5 {
                 assert_eq!(b.wait_secs(minute * 61), 0);
                 b.spend(&p, minute * 61);
             }
         }
         assert_eq!(
-            b.wait_secs(1830),
-            1771,
-            "1,500 calls: wait for the hour's first to leave"
+            b.wait_secs(244),
+            3357,
+            "20 calls: wait for the hour's first to leave"
         );
     }
 }

@@ -34,6 +34,46 @@ pub struct DataType {
     pub overlap_secs: i64,
 }
 
+impl DataType {
+    /// An immutable list, windowed on and timestamped by `time_field`, read newest first
+    /// (no `$orderby`), with a 10-minute window overlap. `page_size` 0 sends no `$top`.
+    pub const fn new(
+        name: &'static str,
+        kind: &'static str,
+        path: &'static str,
+        permissions: &'static [&'static str],
+        time_field: &'static str,
+        page_size: u32,
+    ) -> Self {
+        DataType {
+            name,
+            kind,
+            path,
+            permissions,
+            window_field: time_field,
+            time_field,
+            versioned: false,
+            page_size,
+            order_by_window: false,
+            overlap_secs: 600,
+        }
+    }
+
+    /// Records change: windows go by `field` (their last-update time), which is also the
+    /// event `version`, so every update is delivered again.
+    pub const fn versioned_by(mut self, field: &'static str) -> Self {
+        self.window_field = field;
+        self.versioned = true;
+        self
+    }
+
+    /// The endpoint documents `$orderby` on the window field: read oldest first.
+    pub const fn ordered(mut self) -> Self {
+        self.order_by_window = true;
+        self
+    }
+}
+
 /// A data type as a config selected it, with its filters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {

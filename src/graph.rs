@@ -149,18 +149,15 @@ mod tests {
     use super::*;
     use crate::connector::{DataType, Query};
 
-    const ALERTS: DataType = DataType {
-        name: "alerts",
-        kind: "defender.alert",
-        path: "/v1.0/security/alerts_v2",
-        permissions: &["SecurityAlert.Read.All"],
-        window_field: "lastUpdateDateTime",
-        time_field: "createdDateTime",
-        versioned: true,
-        page_size: 2000,
-        order_by_window: false,
-        overlap_secs: 600,
-    };
+    const ALERTS: DataType = DataType::new(
+        "alerts",
+        "defender.alert",
+        "/v1.0/security/alerts_v2",
+        &["SecurityAlert.Read.All"],
+        "createdDateTime",
+        2000,
+    )
+    .versioned_by("lastUpdateDateTime");
 
     #[test]
     fn list_url_filters_the_window_and_encodes_it() {
@@ -174,10 +171,7 @@ mod tests {
             list_url("https://graph.microsoft.com", &q, from),
             "https://graph.microsoft.com/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20%28serviceSource%20eq%20%27microsoftDefenderForEndpoint%27%29&$top=2000"
         );
-        const AUDITS: DataType = DataType {
-            order_by_window: true,
-            ..ALERTS
-        };
+        const AUDITS: DataType = ALERTS.ordered();
         let q = Query {
             data_type: &AUDITS,
             filter: None,

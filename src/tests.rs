@@ -12,31 +12,25 @@ use crate::testing::{CLIENT, FakePlatform, TENANT, token_error, token_ok};
 use crate::time::Timestamp;
 use crate::types::{Batch, ConfigError, HttpError, PollError, ValidationCode};
 
-const ALERTS: DataType = DataType {
-    name: "alerts",
-    kind: "defender.alert",
-    path: "/v1.0/security/alerts_v2",
-    permissions: &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"],
-    window_field: "lastUpdateDateTime",
-    time_field: "createdDateTime",
-    versioned: true,
-    page_size: 2,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+const ALERTS: DataType = DataType::new(
+    "alerts",
+    "test.alert",
+    "/v1.0/security/alerts_v2",
+    &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"],
+    "createdDateTime",
+    2,
+)
+.versioned_by("lastUpdateDateTime");
 
-const AUDITS: DataType = DataType {
-    name: "audits",
-    kind: "test.audit",
-    path: "/v1.0/auditLogs/directoryAudits",
-    permissions: &["AuditLog.Read.All"],
-    window_field: "activityDateTime",
-    time_field: "activityDateTime",
-    versioned: false,
-    page_size: 2,
-    order_by_window: true,
-    overlap_secs: 600,
-};
+const AUDITS: DataType = DataType::new(
+    "audits",
+    "test.audit",
+    "/v1.0/auditLogs/directoryAudits",
+    &["AuditLog.Read.All"],
+    "activityDateTime",
+    2,
+)
+.ordered();
 
 struct Test;
 
@@ -128,7 +122,7 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
     let e = &first.events[0];
     assert_eq!(
         (e.kind.as_str(), e.timestamp.as_str()),
-        ("defender.alert", "2026-11-19T00:00:00Z")
+        ("test.alert", "2026-11-19T00:00:00Z")
     );
     assert_eq!(
         serde_json::from_str::<Value>(&e.payload).unwrap(),

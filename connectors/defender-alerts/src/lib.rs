@@ -21,22 +21,18 @@ const SERVICE_SOURCES: &[&str] = &[
     "microsoftInsiderRiskManagement",
 ];
 
-const ALERTS: DataType = DataType {
-    name: "alerts",
-    kind: "defender.alert",
-    path: "/v1.0/security/alerts_v2",
-    permissions: &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"],
-    // Updates (status, classification, new evidence) move lastUpdateDateTime: windowing on
-    // it delivers each update as a new version.
-    window_field: "lastUpdateDateTime",
-    time_field: "createdDateTime",
-    versioned: true,
-    // The Graph reference documents no maximum $top for alerts_v2; 2,000 is what the
-    // Defender XDR alerts API documents as its page limit.
-    page_size: 2000,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+// Updates (status, classification, new evidence) move lastUpdateDateTime: windowing on it
+// delivers each update as a new version. The Graph reference documents no maximum $top
+// for alerts_v2; 2,000 is what the Defender XDR alerts API documents as its page limit.
+const ALERTS: DataType = DataType::new(
+    "alerts",
+    "defender.alert",
+    "/v1.0/security/alerts_v2",
+    &["SecurityAlert.Read.All", "SecurityAlert.ReadWrite.All"],
+    "createdDateTime",
+    2000,
+)
+.versioned_by("lastUpdateDateTime");
 
 struct DefenderAlerts;
 

@@ -7,23 +7,20 @@ use secops_connector::budget::Limit;
 use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
-const INCIDENTS: DataType = DataType {
-    name: "incidents",
-    kind: "defender.incident",
-    path: "/v1.0/security/incidents",
-    permissions: &[
+// The Graph reference gives no maximum $top for incidents; the Defender XDR list incidents
+// API it fronts documents a maximum page size of 100.
+const INCIDENTS: DataType = DataType::new(
+    "incidents",
+    "defender.incident",
+    "/v1.0/security/incidents",
+    &[
         "SecurityIncident.Read.All",
         "SecurityIncident.ReadWrite.All",
     ],
-    window_field: "lastUpdateDateTime",
-    time_field: "createdDateTime",
-    versioned: true,
-    // The Graph reference gives no maximum $top for incidents; the Defender XDR list
-    // incidents API it fronts documents a maximum page size of 100.
-    page_size: 100,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+    "createdDateTime",
+    100,
+)
+.versioned_by("lastUpdateDateTime");
 
 struct DefenderIncidents;
 
@@ -35,16 +32,7 @@ impl Connector for DefenderIncidents {
         hour per tenant, 100 incidents a call: a backfill reads at most 5,000 incidents a minute and 150,000 an hour.";
     const POLL_INTERVAL_SECS: u32 = 60;
     const DATA_TYPES: &'static [DataType] = &[INCIDENTS];
-    const CALL_LIMITS: &'static [Limit] = &[
-        Limit {
-            calls: 50,
-            per_secs: 60,
-        },
-        Limit {
-            calls: 1500,
-            per_secs: 3600,
-        },
-    ];
+    const CALL_LIMITS: &'static [Limit] = &[Limit::calls_per(50, 60), Limit::calls_per(1500, 3600)];
 
     fn config_properties() -> serde_json::Value {
         json!({

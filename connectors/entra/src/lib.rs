@@ -5,71 +5,56 @@
 use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
-const DIRECTORY_AUDITS: DataType = DataType {
-    name: "directory_audits",
-    kind: "entra.directory_audit",
-    path: "/v1.0/auditLogs/directoryAudits",
-    permissions: &["AuditLog.Read.All", "Directory.Read.All"],
-    window_field: "activityDateTime",
-    time_field: "activityDateTime",
-    // Audit records never change: `version` stays empty.
-    versioned: false,
-    // The reference documents no maximum (nor default) page size for directory audits.
-    page_size: 0,
-    // The only list here that documents `$orderby` (on activityDateTime).
-    order_by_window: true,
-    overlap_secs: 600,
-};
+// Audit records never change (`version` empty). No maximum (nor default) page size is
+// documented, so no `$top`; the only list here that documents `$orderby`.
+const DIRECTORY_AUDITS: DataType = DataType::new(
+    "directory_audits",
+    "entra.directory_audit",
+    "/v1.0/auditLogs/directoryAudits",
+    &["AuditLog.Read.All", "Directory.Read.All"],
+    "activityDateTime",
+    0,
+)
+.ordered();
 
-const RISKY_SIGN_INS: DataType = DataType {
-    name: "risky_sign_ins",
-    kind: "entra.risky_sign_in",
-    path: "/v1.0/auditLogs/signIns",
-    permissions: &["AuditLog.Read.All"],
-    window_field: "createdDateTime",
-    time_field: "createdDateTime",
-    versioned: false,
-    // Documented default and maximum.
-    page_size: 1000,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+// 1,000 is the documented default and maximum page size.
+const RISKY_SIGN_INS: DataType = DataType::new(
+    "risky_sign_ins",
+    "entra.risky_sign_in",
+    "/v1.0/auditLogs/signIns",
+    &["AuditLog.Read.All"],
+    "createdDateTime",
+    1000,
+);
 
 /// Sign-ins Identity Protection assessed as risky. The reference documents `eq` on
 /// `riskLevelDuringSignIn`; the clauses are joined with `or`. The risk fields need Entra ID
 /// P2: without it they read `hidden` and nothing matches.
 const RISKY_SIGN_IN_FILTER: &str = "riskLevelDuringSignIn eq 'low' or riskLevelDuringSignIn eq 'medium' or riskLevelDuringSignIn eq 'high'";
 
-const RISKY_USERS: DataType = DataType {
-    name: "risky_users",
-    kind: "entra.risky_user",
-    path: "/v1.0/identityProtection/riskyUsers",
-    permissions: &["IdentityRiskyUser.Read.All"],
-    // A user's risk changes over time (raised, remediated, dismissed): each change is a
-    // new version.
-    window_field: "riskLastUpdatedDateTime",
-    time_field: "riskLastUpdatedDateTime",
-    versioned: true,
-    // Documented maximum.
-    page_size: 500,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+// A user's risk changes (raised, remediated, dismissed): each change is a new version.
+// 500 is the documented maximum page size.
+const RISKY_USERS: DataType = DataType::new(
+    "risky_users",
+    "entra.risky_user",
+    "/v1.0/identityProtection/riskyUsers",
+    &["IdentityRiskyUser.Read.All"],
+    "riskLastUpdatedDateTime",
+    500,
+)
+.versioned_by("riskLastUpdatedDateTime");
 
-const RISK_DETECTIONS: DataType = DataType {
-    name: "risk_detections",
-    kind: "entra.risk_detection",
-    path: "/v1.0/identityProtection/riskDetections",
-    permissions: &["IdentityRiskEvent.Read.All"],
-    // Windowed on the last update so a detection whose state changes comes again.
-    window_field: "lastUpdatedDateTime",
-    time_field: "activityDateTime",
-    versioned: true,
-    // Documented maximum (default 20).
-    page_size: 500,
-    order_by_window: false,
-    overlap_secs: 600,
-};
+// Windowed on the last update so a detection whose state changes comes again; the event
+// time is the risky activity's. 500 is the documented maximum page size.
+const RISK_DETECTIONS: DataType = DataType::new(
+    "risk_detections",
+    "entra.risk_detection",
+    "/v1.0/identityProtection/riskDetections",
+    &["IdentityRiskEvent.Read.All"],
+    "activityDateTime",
+    500,
+)
+.versioned_by("lastUpdatedDateTime");
 
 const TYPES: &[DataType] = &[
     DIRECTORY_AUDITS,
