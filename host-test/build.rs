@@ -8,13 +8,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Connector crates (package names) built into components.
-const CONNECTORS: &[&str] = &["defender-alerts", "defender-incidents", "entra"];
+/// Crates (package names) built into components: the connectors, and a test-only
+/// component that misbehaves on purpose (`host-test/misbehave`).
+const CONNECTORS: &[&str] = &[
+    "defender-alerts",
+    "defender-incidents",
+    "entra",
+    "misbehaving-connector",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["src", "connectors", "wit", "Cargo.toml", "Cargo.lock"] {
+    for watched in [
+        "src",
+        "connectors",
+        "host-test/misbehave",
+        "wit",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CONNECTOR_HOST_SKIP_COMPONENTS");

@@ -125,3 +125,100 @@ fn demo_replays_the_bundled_fixture_to_stdout() {
     assert_eq!(lines.len(), 4);
     assert!(lines.iter().all(|l| l["kind"] == "defender.alert"));
 }
+
+#[test]
+fn a_corrupt_or_foreign_cursor_fails_the_poll_clearly_and_is_kept() {
+    use support::graph_sim::{Behaviour, GraphSim, SECRET};
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 3, std::time::Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    write_json(&dir.path().join("tenant.json"), &sim.config(1));
+    write_json(
+        &dir.path().join("secrets.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    let run = || {
+        run_host(&[
+            "run",
+            alerts_wasm().to_str().unwrap(),
+            "--config",
+            &path("tenant.json"),
+            "--secrets",
+            &path("secrets.json"),
+            "--state",
+            &path("state.db"),
+            "--out",
+            &path("out.jsonl"),
+            "--once",
+        ])
+    };
+    assert!(run().status.success());
+    let db = rusqlite::Connection::open(path("state.db")).unwrap();
+    for (cursor, expected) in [
+        ("not a cursor", "cursor"),
+        (r#"{"v":1,"connector":"entra","streams":{}}"#, "entra"),
+        (
+            r#"{"v":9,"connector":"defender-alerts","streams":{}}"#,
+            "version",
+        ),
+    ] {
+        db.execute("UPDATE instances SET cursor = ?1", [cursor])
+            .unwrap();
+        let out = run();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cursor}: {err}");
+        assert!(
+            err.contains("instance tenant") && err.contains(expected),
+            "{cursor}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        let kept: String = db
+            .query_row("SELECT cursor FROM instances", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, cursor, "a failed poll keeps its cursor");
+    }
+}
+
+#[test]
+fn a_state_file_cut_short_by_a_crash_is_refused_or_opens_cleanly_never_panics() {
+    use support::graph_sim::{Behaviour, GraphSim, SECRET};
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 5, std::time::Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    write_json(&dir.path().join("tenant.json"), &sim.config(1));
+    write_json(
+        &dir.path().join("secrets.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    let run = || {
+        run_host(&[
+            "run",
+            alerts_wasm().to_str().unwrap(),
+            "--config",
+            &path("tenant.json"),
+            "--secrets",
+            &path("secrets.json"),
+            "--state",
+            &path("state.db"),
+            "--out",
+            &path("out.jsonl"),
+            "--once",
+        ])
+    };
+    assert!(run().status.success());
+    // Truncate the database file at several lengths (a torn copy, a full disk).
+    let full = std::fs::read(path("state.db")).unwrap();
+    for cut in [full.len() / 2, 100, 0] {
+        std::fs::write(path("state.db"), &full[..cut]).unwrap();
+        let _ = std::fs::remove_file(path("state.db-wal"));
+        let out = run();
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "cut at {cut}: {err}");
+        assert!(
+            out.status.success() || err.contains("not a usable SQLite database"),
+            "cut at {cut}: {err}"
+        );
+    }
+}

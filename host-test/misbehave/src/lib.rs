@@ -1,0 +1,90 @@
+//! A component that misbehaves on purpose, for the host's sandbox tests. Its config says
+//! how: `{"mode": "spin" | "grow" | "trap" | "flood" | "ok", "events": N}`.
+//! - `spin`: `poll` never returns (the execution deadline must stop it);
+//! - `grow`: `poll` allocates without bound (the memory cap must stop it);
+//! - `trap`: `poll` panics, which aborts: a trap;
+//! - `flood`: `poll` returns `events` events of 1 KiB each in one batch;
+//! - `ok`: `poll` returns one event and advances its cursor (`n` → `n+1`).
+
+use std::cell::RefCell;
+
+use secops_connector::types::{Batch, ConfigError, Metadata, PollError, ValidationError};
+use secops_connector::wit::exports::secops::connector::connector::Guest;
+use secops_connector::wit::secops::connector::types::Event;
+
+thread_local! {
+    static CONFIG: RefCell<(String, u32)> = RefCell::new((String::new(), 0));
+}
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn describe() -> Metadata {
+        Metadata {
+            name: "misbehaving-connector".into(),
+            version: "0.0.0".into(),
+            description: "misbehaves on purpose (host tests)".into(),
+            event_kinds: vec!["test.event".into()],
+            permissions: vec![],
+            config_schema: "{}".into(),
+            poll_interval_secs: 1,
+        }
+    }
+
+    fn configure(config: String) -> Result<(), ConfigError> {
+        let doc: serde_json::Value = serde_json::from_str(&config).map_err(|e| ConfigError {
+            key: String::new(),
+            message: e.to_string(),
+            remedy: "write JSON".into(),
+        })?;
+        let mode = doc["mode"].as_str().unwrap_or("ok").to_string();
+        let events = doc["events"].as_u64().unwrap_or(1) as u32;
+        CONFIG.with(|c| *c.borrow_mut() = (mode, events));
+        Ok(())
+    }
+
+    fn validate() -> Result<(), ValidationError> {
+        Ok(())
+    }
+
+    fn poll(cursor: Option<String>) -> Result<Batch, PollError> {
+        let (mode, events) = CONFIG.with(|c| c.borrow().clone());
+        let n: u64 = cursor.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0);
+        match mode.as_str() {
+            "spin" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("misbehaving on purpose"),
+            _ => {
+                let payload = format!("{{\"filler\":\"{}\"}}", "x".repeat(1000));
+                let batch = (0..events)
+                    .map(|i| Event {
+                        id: format!("e{n}-{i}"),
+                        version: String::new(),
+                        kind: "test.event".into(),
+                        timestamp: "2026-11-20T12:00:00Z".into(),
+                        payload: payload.clone(),
+                    })
+                    .collect();
+                Ok(Batch {
+                    events: batch,
+                    cursor: (n + 1).to_string(),
+                    more: false,
+                    wait_secs: None,
+                })
+            }
+        }
+    }
+}
+
+secops_connector::wit::export_component!(Misbehave with_types_in secops_connector::wit);
