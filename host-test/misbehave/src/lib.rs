@@ -13,7 +13,7 @@ use secops_connector::wit::exports::secops::connector::connector::Guest;
 use secops_connector::wit::secops::connector::types::Event;
 
 thread_local! {
-    static CONFIG: RefCell<(String, u32)> = RefCell::new((String::new(), 0));
+    static CONFIG: RefCell<(String, u32)> = const { RefCell::new((String::new(), 0)) };
 }
 
 struct Misbehave;
