@@ -39,6 +39,28 @@ pub struct Behaviour {
     /// Enforce the Defender incidents quota (50 calls in any minute, 1,500 in any hour):
     /// a request over it is answered 429 and counted in `quota_violations`.
     pub incidents_quota: bool,
+    /// Every n-th Graph list request (after the token check) meets `fault`.
+    pub fault: Option<(usize, Fault)>,
+    /// Where next links point (a second listener, to prove no request goes there).
+    pub next_link_base: Option<String>,
+}
+
+/// What a faulty Graph response looks like.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// This status with a Graph error body, and `Retry-After: 1` when `retry_after`.
+    Status { status: u16, retry_after: bool },
+    /// The response stops in the middle of its body (5,000 bytes promised, a few sent) and
+    /// the connection stalls: the client's timeout must end it.
+    StallMidBody,
+    /// The response comes after this long (past the host's HTTP timeout).
+    Slow(Duration),
+    /// A 200 whose JSON is cut off.
+    Malformed,
+    /// The page carries one extra record without an `id` (not part of the ground truth).
+    MissingId,
+    /// A 200 with a body of this many bytes (past the host's body cap).
+    Huge(usize),
 }
 
 impl Default for Behaviour {
@@ -48,6 +70,8 @@ impl Default for Behaviour {
             token_lifetime: Duration::from_secs(3600),
             throttle_every: None,
             incidents_quota: false,
+            fault: None,
+            next_link_base: None,
         }
     }
 }
@@ -60,6 +84,8 @@ pub struct Counters {
     pub expired_tokens: usize,
     /// Requests that broke the incidents quota.
     pub quota_violations: usize,
+    /// Responses that carried a fault.
+    pub faults: usize,
 }
 
 struct State {
@@ -192,6 +218,22 @@ impl GraphSim {
                 let v = (a.id.clone(), a.version());
                 s.versions.insert(v);
             }
+        }
+    }
+
+    /// Backdated alerts: visible only now, though last updated `ago` (ingestion delay).
+    pub fn add_late_alerts(&self, prefix: &str, n: usize, ago: Duration) {
+        let t = SystemTime::now() - ago;
+        let mut s = self.state.lock().unwrap();
+        for i in 0..n {
+            let a = Alert {
+                id: format!("{prefix}-{i:05}"),
+                created: t,
+                updated: t,
+                status: "new",
+            };
+            s.versions.insert((a.id.clone(), a.version()));
+            s.alerts.insert(a.id.clone(), a);
         }
     }
 
@@ -384,6 +426,66 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             &[("retry-after", "1")],
         );
     }
+    let fault = match s.behaviour.fault {
+        Some((n, f)) if s.counters.graph_requests.is_multiple_of(n) => {
+            s.counters.faults += 1;
+            Some(f)
+        }
+        _ => None,
+    };
+    match fault {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            drop(s);
+            let headers: &[(&str, &str)] = if retry_after {
+                &[("retry-after", "1")]
+            } else {
+                &[]
+            };
+            return respond(
+                request,
+                status,
+                graph_error("ServiceUnavailable", "Simulated failure."),
+                headers,
+            );
+        }
+        Some(Fault::StallMidBody) => {
+            drop(s);
+            // Promise 5,000 bytes, send a few, then fail writing.
+            let response = tiny_http::Response::new(
+                tiny_http::StatusCode(200),
+                vec![
+                    tiny_http::Header::from_bytes("content-type", "application/json").unwrap(),
+                    tiny_http::Header::from_bytes("connection", "close").unwrap(),
+                ],
+                BreaksAfter(b"{\"value\":[".to_vec()),
+                Some(5000),
+                None,
+            );
+            let _ = request.respond(response);
+            return;
+        }
+        Some(Fault::Slow(d)) => {
+            drop(s);
+            std::thread::sleep(d);
+            return respond(request, 200, json!({"value": []}), &[]);
+        }
+        Some(Fault::Malformed) => {
+            drop(s);
+            let response = tiny_http::Response::from_string("{\"value\":[{\"id\":\"trunc")
+                .with_status_code(200);
+            let _ = request.respond(response);
+            return;
+        }
+        Some(Fault::Huge(n)) => {
+            drop(s);
+            let filler = "x".repeat(n);
+            return respond(request, 200, json!({"value": [], "filler": filler}), &[]);
+        }
+        Some(Fault::MissingId) | None => {}
+    }
     let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
     // Without `$filter` (the connector's validation probe): every alert.
     let since = match q.get("$filter") {
@@ -420,6 +522,10 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
         .take(take)
         .map(|a| a.json_for(entity))
         .collect();
+    let mut records = records;
+    if matches!(fault, Some(Fault::MissingId)) {
+        records.insert(0, json!({"createdDateTime": rfc3339(SystemTime::now()), "lastUpdateDateTime": rfc3339(SystemTime::now()), "title": "no id"}));
+    }
     let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", url.path().trim_start_matches("/v1.0/")), "value": records});
     if skip + take < matching.len() {
         let filter = q["$filter"].clone();
@@ -430,8 +536,13 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             .get("$orderby")
             .map(|o| format!("&$orderby={}", o.replace(' ', "%20")))
             .unwrap_or_default();
+        let link_base = s
+            .behaviour
+            .next_link_base
+            .clone()
+            .unwrap_or_else(|| base.to_string());
         body["@odata.nextLink"] = json!(format!(
-            "{base}{}?$filter={enc}&$top={top}{orderby}&$skip={}",
+            "{link_base}{}?$filter={enc}&$top={top}{orderby}&$skip={}",
             url.path(),
             skip + take
         ));
@@ -452,4 +563,85 @@ fn jwt(n: u64) -> String {
             "IdentityRiskyUser.Read.All", "IdentityRiskEvent.Read.All"], "n": n})
         )
     )
+}
+
+/// A body that yields its bytes and then breaks, like a connection reset mid-response.
+struct BreaksAfter(Vec<u8>);
+
+impl std::io::Read for BreaksAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated reset",
+            ));
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0.drain(..n);
+        Ok(n)
+    }
+}
+
+/// A request as the recorder saw it: target and headers.
+pub type Recorded = (String, Vec<(String, String)>);
+
+/// A second loopback listener that answers 200 to anything and records what it got:
+/// the target of a foreign next link, to prove that nothing (and no token) reaches it.
+pub struct Recorder {
+    pub base: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    pub fn start() -> Self {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind loopback");
+        let base = format!(
+            "http://{}",
+            server.server_addr().to_ip().expect("ip listener")
+        );
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some(r)) = server.recv_timeout(Duration::from_millis(50)) {
+                        let headers = r
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.to_string(), h.value.to_string()))
+                            .collect();
+                        requests
+                            .lock()
+                            .unwrap()
+                            .push((r.url().to_string(), headers));
+                        let _ = r.respond(tiny_http::Response::from_string("{\"value\":[]}"));
+                    }
+                }
+            })
+        };
+        Recorder {
+            base,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// What reached this listener: (target, headers).
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

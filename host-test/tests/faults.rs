@@ -1,0 +1,200 @@
+//! The fault matrix: for each fault the Graph simulator can inject, the real component runs
+//! through the host (`run --once`, again after a failed run, as a scheduler would) until it
+//! has caught up, more records arrive, and it catches up again. Then `--out` must hold the
+//! current version of every record exactly once and nothing the simulator never served.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::graph_sim::{Behaviour, Fault, GraphSim, Recorder, SECRET};
+use support::{alerts_wasm, assert_exactly_once, read_lines, run_host, text, write_json};
+
+struct Tenant {
+    dir: tempfile::TempDir,
+}
+
+impl Tenant {
+    fn new(sim: &GraphSim) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_json(&dir.path().join("tenant.json"), &sim.config(1));
+        write_json(
+            &dir.path().join("secrets.json"),
+            &json!({"client-secret": SECRET}),
+        );
+        Tenant { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    fn run_once(&self, extra: &[&str]) -> std::process::Output {
+        let wasm = alerts_wasm().display().to_string();
+        let (config, secrets) = (self.path("tenant.json"), self.path("secrets.json"));
+        let (state, out) = (self.path("state.db"), self.path("out.jsonl"));
+        let mut args = vec![
+            "run",
+            &wasm,
+            "--config",
+            &config,
+            "--secrets",
+            &secrets,
+            "--state",
+            &state,
+            "--out",
+            &out,
+            "--once",
+        ];
+        args.extend_from_slice(extra);
+        run_host(&args)
+    }
+    /// Runs until a run succeeds, at most `tries` times; returns the failures' stderr.
+    fn catch_up(&self, extra: &[&str], tries: usize) -> Vec<String> {
+        let mut failures = vec![];
+        for _ in 0..tries {
+            let out = self.run_once(extra);
+            if out.status.success() {
+                return failures;
+            }
+            failures.push(text(&out.stderr));
+        }
+        panic!("never caught up: {failures:#?}");
+    }
+}
+
+fn matrix(fault: Fault, every: usize, extra: &[&str]) -> (GraphSim, Tenant) {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 5,
+        fault: Some((every, fault)),
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 23, Duration::from_secs(20 * 3600));
+    let tenant = Tenant::new(&sim);
+    tenant.catch_up(extra, 5);
+    sim.update_alerts(&sim.ids()[..3]);
+    sim.add_alerts("b", 6, Duration::from_secs(60));
+    tenant.catch_up(extra, 5);
+    assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
+    assert!(sim.with_counters(|c| c.faults) > 0, "the fault happened");
+    (sim, tenant)
+}
+
+#[test]
+fn service_unavailable_with_retry_after() {
+    matrix(
+        Fault::Status {
+            status: 503,
+            retry_after: true,
+        },
+        3,
+        &[],
+    );
+}
+
+#[test]
+fn gateway_timeout_without_retry_after_backs_off() {
+    matrix(
+        Fault::Status {
+            status: 504,
+            retry_after: false,
+        },
+        4,
+        &[],
+    );
+}
+
+#[test]
+fn too_many_requests_without_retry_after_backs_off() {
+    matrix(
+        Fault::Status {
+            status: 429,
+            retry_after: false,
+        },
+        4,
+        &[],
+    );
+}
+
+#[test]
+fn a_response_that_stalls_mid_body_is_retried_after_the_http_timeout() {
+    matrix(Fault::StallMidBody, 4, &["--http-timeout-secs", "2"]);
+}
+
+#[test]
+fn a_response_slower_than_the_http_timeout_is_retried() {
+    matrix(
+        Fault::Slow(Duration::from_secs(3)),
+        4,
+        &["--http-timeout-secs", "1"],
+    );
+}
+
+#[test]
+fn a_malformed_page_is_retried() {
+    matrix(Fault::Malformed, 3, &[]);
+}
+
+#[test]
+fn a_record_without_id_is_skipped_with_a_warning() {
+    let (_sim, tenant) = matrix(Fault::MissingId, 2, &[]);
+    let lines = read_lines(Path::new(&tenant.path("out.jsonl")));
+    assert!(lines.iter().all(|l| !l["id"].as_str().unwrap().is_empty()));
+}
+
+#[test]
+fn a_body_over_the_cap_fails_the_poll_clearly_and_a_higher_cap_catches_up() {
+    let sim = GraphSim::start(Behaviour {
+        fault: Some((1, Fault::Huge(2 << 20))),
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 5, Duration::from_secs(3600));
+    let tenant = Tenant::new(&sim);
+    let out = tenant.run_once(&["--max-body-mb", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("larger than the host's cap of 1048576 bytes"),
+        "{err}"
+    );
+    assert!(read_lines(Path::new(&tenant.path("out.jsonl"))).is_empty());
+}
+
+#[test]
+fn late_records_inside_the_overlap_are_not_lost() {
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 10, Duration::from_secs(3600));
+    let tenant = Tenant::new(&sim);
+    tenant.catch_up(&[], 1);
+    // Graph shows these only now, though their time is 5 minutes ago (inside the
+    // 10-minute overlap of the next window).
+    sim.add_late_alerts("late", 4, Duration::from_secs(300));
+    tenant.catch_up(&[], 1);
+    assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
+}
+
+#[test]
+fn a_next_link_to_another_listener_is_never_followed_and_no_token_leaves() {
+    let foreign = Recorder::start();
+    let sim = GraphSim::start(Behaviour {
+        page_max: 3,
+        next_link_base: Some(foreign.base.clone()),
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 8, Duration::from_secs(3600));
+    let tenant = Tenant::new(&sim);
+    let out = tenant.run_once(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("outside the configured Graph host"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        foreign.requests().is_empty(),
+        "reached: {:?}",
+        foreign.requests()
+    );
+    // The poll that met the link failed whole: nothing committed, the cursor kept.
+    assert!(read_lines(Path::new(&tenant.path("out.jsonl"))).is_empty());
+}
