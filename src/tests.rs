@@ -605,3 +605,53 @@ fn validate_names_each_cause() {
     p.respond_err(HttpError::Connection("dns".into()));
     assert_eq!(i.validate(&p).unwrap_err().code, ValidationCode::Network);
 }
+
+/// Robustness against hostile input: random and mutated bytes fed to every parser that
+/// reads something from outside (cursor, Graph page, config, time). Not coverage-guided
+/// (no nightly toolchain here for cargo-fuzz); it asserts that nothing panics.
+#[test]
+fn parsers_never_panic_on_random_or_mutated_input() {
+    let seeds: [&[u8]; 4] = [
+        br#"{"v":1,"connector":"test","streams":{"alerts":{"from":"2026-11-19T12:00:00.000000000Z","next":"https://graph.microsoft.com/v1.0/x?$skip=2"}}}"#,
+        br#"{"@odata.context":"x","value":[{"id":"a1","createdDateTime":"2026-11-19T00:00:00Z","lastUpdateDateTime":"2026-11-20T11:00:00Z"}],"@odata.nextLink":"https://graph.microsoft.com/v1.0/y"}"#,
+        br#"{"tenant_id":"contoso.onmicrosoft.com","client_id":"2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e","backfill_days":3,"cloud":"usgov","routing":["workflows"]}"#,
+        b"2026-11-19T12:00:00.123456789Z",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..100_000 {
+        let seed = seeds[round % seeds.len()];
+        let mut bytes = seed.to_vec();
+        for _ in 0..(next() % 8 + 1) {
+            let at = (next() as usize) % bytes.len().max(1);
+            match next() % 4 {
+                0 => {
+                    let v = next() as u8;
+                    if let Some(b) = bytes.get_mut(at) {
+                        *b = v;
+                    }
+                }
+                1 => bytes.truncate(at),
+                2 => {
+                    let alphabet = b"{}[]\",:\\09eZ.-";
+                    bytes.insert(at, alphabet[(next() % alphabet.len() as u64) as usize])
+                }
+                _ => {
+                    let end = (at + (next() % 16) as usize).min(bytes.len());
+                    let chunk = bytes[at..end].to_vec();
+                    bytes.splice(at..at, chunk);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = Cursor::decode(&text, "test");
+        let _ = crate::graph::parse_page(&bytes);
+        let _ = crate::config::parse(&text);
+        let _ = Timestamp::parse(&text);
+    }
+}

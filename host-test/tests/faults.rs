@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::graph_sim::{Behaviour, Fault, GraphSim, Recorder, SECRET};
-use support::{alerts_wasm, assert_exactly_once, read_lines, run_host, text, write_json};
+use support::{
+    alerts_wasm, assert_exactly_once, assert_no_secrets, read_lines, run_host, text, write_json,
+};
 
 struct Tenant {
     dir: tempfile::TempDir,
@@ -49,13 +51,16 @@ impl Tenant {
         args.extend_from_slice(extra);
         run_host(&args)
     }
-    /// Runs until a run succeeds, at most `tries` times; returns the failures' stderr.
-    fn catch_up(&self, extra: &[&str], tries: usize) -> Vec<String> {
+    /// Runs until a run succeeds, at most `tries` times; every run's output is checked
+    /// for the secret and the tokens.
+    fn catch_up(&self, sim: &GraphSim, extra: &[&str], tries: usize) {
         let mut failures = vec![];
         for _ in 0..tries {
             let out = self.run_once(extra);
+            assert_no_secrets("stderr", &out.stderr, sim);
+            assert_no_secrets("stdout", &out.stdout, sim);
             if out.status.success() {
-                return failures;
+                return;
             }
             failures.push(text(&out.stderr));
         }
@@ -71,12 +76,14 @@ fn matrix(fault: Fault, every: usize, extra: &[&str]) -> (GraphSim, Tenant) {
     });
     sim.add_alerts("a", 23, Duration::from_secs(20 * 3600));
     let tenant = Tenant::new(&sim);
-    tenant.catch_up(extra, 5);
+    tenant.catch_up(&sim, extra, 5);
     sim.update_alerts(&sim.ids()[..3]);
     sim.add_alerts("b", 6, Duration::from_secs(60));
-    tenant.catch_up(extra, 5);
+    tenant.catch_up(&sim, extra, 5);
     assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
     assert!(sim.with_counters(|c| c.faults) > 0, "the fault happened");
+    let out = std::fs::read(tenant.path("out.jsonl")).unwrap();
+    assert_no_secrets("--out", &out, &sim);
     (sim, tenant)
 }
 
@@ -165,11 +172,11 @@ fn late_records_inside_the_overlap_are_not_lost() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 10, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
-    tenant.catch_up(&[], 1);
+    tenant.catch_up(&sim, &[], 1);
     // Graph shows these only now, though their time is 5 minutes ago (inside the
     // 10-minute overlap of the next window).
     sim.add_late_alerts("late", 4, Duration::from_secs(300));
-    tenant.catch_up(&[], 1);
+    tenant.catch_up(&sim, &[], 1);
     assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::graph_sim::{Behaviour, GraphSim, SECRET};
-use support::{alerts_wasm, assert_exactly_once, read_lines, run_host, text, write_json};
+use support::{
+    alerts_wasm, assert_exactly_once, assert_no_secrets, read_lines, run_host, text, write_json,
+};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -43,18 +45,6 @@ impl Files {
             &self.path("out.jsonl"),
             "--once",
         ])
-    }
-}
-
-/// Neither the client secret nor any access token is in `haystack`.
-fn assert_no_secrets(what: &str, haystack: &[u8], sim: &GraphSim) {
-    let text = String::from_utf8_lossy(haystack);
-    assert!(
-        !text.contains(SECRET),
-        "the client secret appears in {what}"
-    );
-    for token in sim.issued_tokens() {
-        assert!(!text.contains(&token), "an access token appears in {what}");
     }
 }
 

@@ -103,3 +103,15 @@ pub fn assert_exactly_once(out: &Path, sim: &graph_sim::GraphSim) {
         "seq contiguous"
     );
 }
+
+/// Neither the client secret nor any access token is in `haystack`.
+pub fn assert_no_secrets(what: &str, haystack: &[u8], sim: &graph_sim::GraphSim) {
+    let text = String::from_utf8_lossy(haystack);
+    assert!(
+        !text.contains(graph_sim::SECRET),
+        "the client secret appears in {what}"
+    );
+    for token in sim.issued_tokens() {
+        assert!(!text.contains(&token), "an access token appears in {what}");
+    }
+}
