@@ -333,3 +333,23 @@ fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
     assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
     assert!(sim.with_counters(|c| c.throttled) > 0, "throttling was met");
 }
+
+#[test]
+fn a_backfill_uses_the_minimum_number_of_graph_calls() {
+    // 10,000 alerts at the documented page size (2,000): 5 Graph calls and 1 token, no more.
+    let sim = GraphSim::start(Behaviour {
+        page_max: 2000,
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 10_000, Duration::from_secs(20 * 3600));
+    let files = Files::new(&sim);
+    let out = files.run_once("warn");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
+    let (calls, tokens) = sim.with_counters(|c| (c.graph_requests, c.token_requests));
+    assert_eq!(
+        (calls, tokens),
+        (5, 1),
+        "Graph calls and token requests for 10,000 alerts"
+    );
+}
