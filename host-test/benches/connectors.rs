@@ -414,6 +414,14 @@ fn cold_start_and_memory(engine: &HostEngine, path: &Path) {
     );
 }
 
+/// The built components, or those in `$BENCH_COMPONENT_DIR` (to compare build settings).
+fn component_path(name: &str) -> std::path::PathBuf {
+    match std::env::var_os("BENCH_COMPONENT_DIR") {
+        Some(dir) => Path::new(&dir).join(format!("{}.wasm", name.replace('-', "_"))),
+        None => connector_host::component_path(name),
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let cache = std::env::temp_dir().join("connector-bench-cache");
@@ -424,16 +432,12 @@ fn main() {
         humantime::format_rfc3339_seconds(SystemTime::now())
     );
     for name in ["defender-alerts", "defender-incidents", "entra"] {
-        let path = connector_host::component_path(name);
+        let path = component_path(name);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("component size, {name}: {size} bytes (budget <= 300 KB)");
     }
-    let alerts = engine
-        .load(&connector_host::component_path("defender-alerts"))
-        .unwrap();
-    let incidents = engine
-        .load(&connector_host::component_path("defender-incidents"))
-        .unwrap();
+    let alerts = engine.load(&component_path("defender-alerts")).unwrap();
+    let incidents = engine.load(&component_path("defender-incidents")).unwrap();
     per_event_cost(
         &alerts,
         "alerts page of 100",
@@ -456,5 +460,5 @@ fn main() {
         native_poll::<NativeIncidents>,
     );
     end_to_end(&alerts);
-    cold_start_and_memory(&engine, &connector_host::component_path("defender-alerts"));
+    cold_start_and_memory(&engine, &component_path("defender-alerts"));
 }
