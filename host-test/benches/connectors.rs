@@ -423,7 +423,16 @@ fn component_path(name: &str) -> std::path::PathBuf {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
+    // `cargo bench` passes `--bench`. `-- wasm-only` runs just the wasm side of the
+    // 2,000-alert page, for a profiler (e.g. `valgrind --tool=callgrind`).
+    if std::env::args().any(|a| a == "wasm-only") {
+        let cache = std::env::temp_dir().join("connector-bench-cache");
+        let engine = HostEngine::new(Some(cache)).unwrap();
+        let alerts = engine.load(&component_path("defender-alerts")).unwrap();
+        let (t, n) = wasm_poll(&alerts, &alerts_page(2000), json!({}), 3);
+        println!("wasm poll of {n} alerts: {:.1} ms", t.as_secs_f64() * 1e3);
+        return;
+    }
     let cache = std::env::temp_dir().join("connector-bench-cache");
     let engine = HostEngine::new(Some(cache)).unwrap();
     println!(
