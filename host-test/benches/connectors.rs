@@ -54,53 +54,121 @@ fn token_body() -> Vec<u8> {
         .into_bytes()
 }
 
-/// A Graph page of `n` synthetic alerts shaped like real ones (evidence, techniques).
-fn alert(i: usize) -> Value {
+/// A JSON object with its keys in the given order (serde_json's map would sort them).
+fn ordered(pairs: Vec<(&str, Value)>) -> Value {
+    let text = pairs
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect::<Vec<_>>()
+        .join(",");
+    serde_json::from_str::<Box<serde_json::value::RawValue>>(&format!("{{{text}}}"))
+        .map(|raw| Value::String(raw.get().to_string()))
+        .expect("valid JSON")
+}
+
+/// A synthetic alert shaped like a real one, with its fields in Graph's order (ids and
+/// times first, evidence last), as raw JSON text.
+fn alert_json(i: usize) -> String {
     let t = format!(
         "2026-11-20T{:02}:{:02}:{:02}.000Z",
         11 - (i / 3600) % 10,
         (i / 60) % 60,
         i % 60
     );
-    json!({
-        "@odata.type": "#microsoft.graph.security.alert",
-        "id": format!("da6386{i:014}_-961444813"), "providerAlertId": format!("da6386{i:014}_-961444813"),
-        "incidentId": format!("{}", 4100 + i / 2), "status": "new", "severity": "medium",
-        "classification": null, "determination": null, "serviceSource": "microsoftDefenderForEndpoint",
-        "detectionSource": "antivirus", "title": "Suspicious PowerShell command line",
-        "description": "A suspicious PowerShell command line was observed on the device; it may be part of an attack.",
-        "category": "Execution", "assignedTo": null, "tenantId": TENANT,
-        "alertWebUrl": format!("https://security.microsoft.com/alerts/da6386{i:014}?tid={TENANT}"),
-        "mitreTechniques": ["T1059.001"], "createdDateTime": t, "lastUpdateDateTime": t,
-        "firstActivityDateTime": t, "lastActivityDateTime": t, "comments": [],
-        "evidence": [{"@odata.type": "#microsoft.graph.security.deviceEvidence", "createdDateTime": t,
+    let id = format!("da6386{i:014}_-961444813");
+    let fields = vec![
+        ("@odata.type", json!("#microsoft.graph.security.alert")),
+        ("id", json!(id)),
+        ("providerAlertId", json!(id)),
+        ("incidentId", json!(format!("{}", 4100 + i / 2))),
+        ("status", json!("new")),
+        ("severity", json!("medium")),
+        ("classification", Value::Null),
+        ("determination", Value::Null),
+        ("serviceSource", json!("microsoftDefenderForEndpoint")),
+        ("detectionSource", json!("antivirus")),
+        ("tenantId", json!(TENANT)),
+        ("title", json!("Suspicious PowerShell command line")),
+        (
+            "description",
+            json!(
+                "A suspicious PowerShell command line was observed on the device; it may be part of an attack."
+            ),
+        ),
+        ("category", json!("Execution")),
+        ("assignedTo", Value::Null),
+        (
+            "alertWebUrl",
+            json!(format!(
+                "https://security.microsoft.com/alerts/{id}?tid={TENANT}"
+            )),
+        ),
+        ("mitreTechniques", json!(["T1059.001"])),
+        ("createdDateTime", json!(t)),
+        ("lastUpdateDateTime", json!(t)),
+        ("firstActivityDateTime", json!(t)),
+        ("lastActivityDateTime", json!(t)),
+        ("comments", json!([])),
+        (
+            "evidence",
+            json!([{"@odata.type": "#microsoft.graph.security.deviceEvidence", "createdDateTime": t,
             "verdict": "suspicious", "remediationStatus": "none", "deviceDnsName": format!("ws-{i}.contoso.example"),
             "osPlatform": "Windows11", "roles": [], "tags": []},
             {"@odata.type": "#microsoft.graph.security.processEvidence", "createdDateTime": t, "verdict": "suspicious",
             "processCommandLine": "powershell.exe -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcAZQBiAEMAbABpAGUAbgB0ACkA",
-            "processId": 4242, "roles": [], "tags": []}]
-    })
+            "processId": 4242, "roles": [], "tags": []}]),
+        ),
+    ];
+    match ordered(fields) {
+        Value::String(text) => text,
+        _ => unreachable!(),
+    }
 }
 
-fn alerts_page(n: usize) -> Vec<u8> {
-    let records: Vec<Value> = (0..n).map(alert).collect();
-    json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2", "value": records})
-        .to_string()
+fn page_of(context: &str, records: Vec<String>) -> Vec<u8> {
+    format!("{{\"@odata.context\":\"https://graph.microsoft.com/v1.0/$metadata#{context}\",\"value\":[{}]}}", records.join(","))
         .into_bytes()
 }
 
+fn alerts_page(n: usize) -> Vec<u8> {
+    page_of("security/alerts_v2", (0..n).map(alert_json).collect())
+}
+
 fn incidents_page(n: usize) -> Vec<u8> {
-    let records: Vec<Value> = (0..n)
+    let records = (0..n)
         .map(|i| {
             let t = format!("2026-11-20T11:{:02}:{:02}.000Z", (i / 60) % 60, i % 60);
-            json!({"@odata.type": "#microsoft.graph.security.incident", "id": format!("{}", 4100 + i),
-                "displayName": "Multi-stage incident involving Execution", "status": "active", "severity": "high",
-                "createdDateTime": t, "lastUpdateDateTime": t, "assignedTo": null, "classification": "unknown",
-                "determination": "unknown", "customTags": [], "systemTags": [], "comments": [],
-                "alerts": [alert(2 * i), alert(2 * i + 1)]})
+            let fields = vec![
+                ("@odata.type", json!("#microsoft.graph.security.incident")),
+                ("id", json!(format!("{}", 4100 + i))),
+                (
+                    "displayName",
+                    json!("Multi-stage incident involving Execution"),
+                ),
+                ("createdDateTime", json!(t)),
+                ("lastUpdateDateTime", json!(t)),
+                ("assignedTo", Value::Null),
+                ("classification", json!("unknown")),
+                ("determination", json!("unknown")),
+                ("status", json!("active")),
+                ("severity", json!("high")),
+                ("customTags", json!([])),
+                ("systemTags", json!([])),
+                ("comments", json!([])),
+            ];
+            let head = match ordered(fields) {
+                Value::String(text) => text,
+                _ => unreachable!(),
+            };
+            format!(
+                "{},\"alerts\":[{},{}]}}",
+                head.trim_end_matches('}'),
+                alert_json(2 * i),
+                alert_json(2 * i + 1)
+            )
         })
         .collect();
-    json!({"value": records}).to_string().into_bytes()
+    page_of("security/incidents", records)
 }
 
 // ---- native: the shared library's code path with an in-memory platform ----
