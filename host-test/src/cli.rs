@@ -93,6 +93,13 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Prints each instance of a state file with its health: last success, lag (now minus
+    /// the newest event time), events, HTTP calls (tokens included), throttled polls, time
+    /// spent waiting on the API, consecutive failures and the last error.
+    Status {
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Runs the Defender Alerts connector on a bundled fixture (no cloud account needed).
     Demo {
         /// Scenario under fixtures/defender-alerts/.
@@ -181,6 +188,9 @@ fn init_logging(level: &str) {
 }
 
 fn execute(cli: Cli) -> Result<(), Failure> {
+    if let Command::Status { state } = &cli.command {
+        return status(state);
+    }
     let cache = cli.cache_dir.or_else(HostEngine::default_cache_dir);
     let engine = HostEngine::new(cache).map_err(|e| Failure::connector(format!("{e:#}")))?;
     let load = |path: &Path| engine.load(path).map_err(Failure::usage);
@@ -260,6 +270,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let config = config.map(|p| read_config(&p)).transpose()?;
             replay_to(&component, &fixture, config, &out, state, (&limits).into())
         }
+        Command::Status { .. } => unreachable!("handled above: needs no engine"),
         Command::Demo { scenario } => {
             let component = load(&crate::component_path("defender-alerts"))?;
             let fixture = crate::fixtures_dir()
@@ -275,6 +286,63 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             )
         }
     }
+}
+
+fn status(path: &Path) -> Result<(), Failure> {
+    if !path.exists() {
+        return Err(Failure::usage(format!(
+            "no state file at {}",
+            path.display()
+        )));
+    }
+    let rows = StateDb::open(path)
+        .and_then(|db| db.health())
+        .map_err(Failure::usage)?;
+    let now = std::time::SystemTime::now();
+    let ago = |t: &Option<String>| -> String {
+        t.as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| {
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+                    .to_string()
+                    .replace(' ', "")
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<24} {:<20} {:<21} {:>12} {:>9} {:>8} {:>9} {:>8} {:>8}  LAST ERROR",
+        "INSTANCE",
+        "CONNECTOR",
+        "LAST SUCCESS",
+        "LAG",
+        "EVENTS",
+        "CALLS",
+        "THROTTLED",
+        "WAITED",
+        "FAILURES"
+    );
+    for r in rows {
+        let error = if r.failures > 0 {
+            r.last_error.as_deref().unwrap_or("")
+        } else {
+            ""
+        };
+        println!(
+            "{:<24} {:<20} {:<21} {:>12} {:>9} {:>8} {:>9} {:>7}s {:>8}  {}",
+            r.instance,
+            r.connector,
+            r.last_success.as_deref().unwrap_or("never"),
+            ago(&r.newest_event),
+            r.events,
+            r.requests,
+            r.throttled,
+            r.waited_secs,
+            r.failures,
+            error.chars().take(120).collect::<String>()
+        );
+    }
+    Ok(())
 }
 
 fn describe(component: &LoadedComponent) -> Result<(), Failure> {

@@ -20,7 +20,7 @@ use crate::instance::{Instance, InstanceError};
 use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
-use crate::state::{StateDb, StateError};
+use crate::state::{PollHealth, StateDb, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -233,7 +233,17 @@ impl Runner {
     /// waiting `interval` between rounds.
     pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
         while !self.setup.stop.load(Ordering::Relaxed) {
-            let wait = match self.poll_once()? {
+            let step = self.poll_once()?;
+            // Waits the API asked for (Retry-After, backoff, a spent budget), not the schedule.
+            let told_to_wait = matches!(
+                step,
+                Step::Retry { .. }
+                    | Step::Committed {
+                        more: true,
+                        wait: Some(_)
+                    }
+            );
+            let wait = match step {
                 Step::Committed { more: true, wait } => secs(wait.unwrap_or(0)),
                 Step::Committed { more: false, .. } if once => return Ok(()),
                 Step::Committed { more: false, wait } => interval.max(secs(wait.unwrap_or(0))),
@@ -248,6 +258,9 @@ impl Runner {
             };
             if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
                 r.wait_secs = wait.as_secs();
+            }
+            if told_to_wait {
+                let _ = self.db().add_wait(&self.setup.instance, wait.as_secs());
             }
             if !wait.is_zero() {
                 self.setup.clock.sleep(wait, &self.setup.stop);
@@ -275,14 +288,16 @@ impl Runner {
             Err(e) => {
                 // The instance is unusable after a trap; the next poll gets a fresh one.
                 tracing::error!("{e}");
-                self.record(PollRecord {
+                let record = PollRecord {
                     outcome: "trap",
                     events: 0,
                     more: false,
                     wait_secs: 0,
                     requests: 0,
                     message: Some(e.to_string()),
-                });
+                };
+                self.write_health(&record, false, None);
+                self.record(record);
                 return Ok(Step::Failed {
                     message: e.to_string(),
                 });
@@ -290,20 +305,25 @@ impl Runner {
         };
         self.instance = Some(instance);
         let requests = result.requests;
+        let throttled = matches!(result.outcome, Err(PollError::RateLimited(_)));
+        let mut newest = None;
         let redact = |m: &str| self.setup.redactor.redact(m);
         let (step, record) = match result.outcome {
             Ok(batch) => match self.commit(result.emitted, batch, result.kv) {
-                Ok((events, more, wait)) => (
-                    Step::Committed { more, wait },
-                    PollRecord {
-                        outcome: "ok",
-                        events,
-                        more,
-                        wait_secs: 0,
-                        requests,
-                        message: None,
-                    },
-                ),
+                Ok((events, more, wait, newest_event)) => {
+                    newest = newest_event;
+                    (
+                        Step::Committed { more, wait },
+                        PollRecord {
+                            outcome: "ok",
+                            events,
+                            more,
+                            wait_secs: 0,
+                            requests,
+                            message: None,
+                        },
+                    )
+                }
                 Err(CommitError::Run(e)) => return Err(e),
                 Err(CommitError::BadEvent(message)) => {
                     tracing::error!(instance = %name, "{message}");
@@ -338,18 +358,44 @@ impl Runner {
                 failed("fatal", message, requests)
             }
         };
+        self.write_health(&record, throttled, newest.as_deref());
         self.record(record);
         Ok(step)
     }
 
-    /// Commits a successful poll and delivers it. Returns (events, more, wait).
+    /// Adds the poll to the instance's health record (`connector-host status`). A failure to
+    /// write it is worth a warning, not a failed poll.
+    fn write_health(&self, r: &PollRecord, throttled: bool, newest_event: Option<&str>) {
+        let at = humantime::format_rfc3339_seconds(self.setup.clock.now()).to_string();
+        let ok = r.outcome == "ok";
+        let health = PollHealth {
+            at: &at,
+            ok,
+            events: r.events as u64,
+            requests: r.requests,
+            throttled,
+            error: r.message.as_deref().filter(|_| !ok),
+            newest_event,
+        };
+        if let Err(e) = self.db().record_poll(&self.setup.instance, &health) {
+            tracing::warn!(instance = %self.setup.instance, "cannot record the poll's health: {e}");
+        }
+    }
+
+    /// Commits a successful poll and delivers it. Returns (events, more, wait, the newest
+    /// event time as RFC 3339 with milliseconds).
     fn commit(
         &mut self,
         emitted: Vec<Event>,
         batch: Batch,
         kv: crate::state::KvWrites,
-    ) -> Result<(usize, bool, Option<u32>), CommitError> {
+    ) -> Result<(usize, bool, Option<u32>, Option<String>), CommitError> {
         let events: Vec<Event> = emitted.into_iter().chain(batch.events).collect();
+        let newest = events
+            .iter()
+            .filter_map(|e| humantime::parse_rfc3339_weak(&e.timestamp).ok())
+            .max()
+            .map(|t| humantime::format_rfc3339_millis(t).to_string());
         let payloads = events
             .iter()
             .map(|e| checked_payload(e).map_err(CommitError::BadEvent))
@@ -388,7 +434,7 @@ impl Runner {
             tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
         }
         self.deliver().map_err(CommitError::Run)?;
-        Ok((events.len(), batch.more, batch.wait_secs))
+        Ok((events.len(), batch.more, batch.wait_secs, newest))
     }
 }
 

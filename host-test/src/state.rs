@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -44,6 +44,35 @@ pub enum StateError {
 pub struct StateDb {
     conn: Connection,
     path: PathBuf,
+}
+
+/// What one poll adds to an instance's health record.
+pub struct PollHealth<'a> {
+    /// RFC 3339, the host's clock.
+    pub at: &'a str,
+    pub ok: bool,
+    pub events: u64,
+    pub requests: u64,
+    pub throttled: bool,
+    pub error: Option<&'a str>,
+    /// The newest event time of the poll, RFC 3339 with milliseconds (comparable as text).
+    pub newest_event: Option<&'a str>,
+}
+
+/// An instance's health, as `connector-host status` shows it.
+#[derive(Debug)]
+pub struct HealthRow {
+    pub instance: String,
+    pub connector: String,
+    pub last_poll: Option<String>,
+    pub last_success: Option<String>,
+    pub newest_event: Option<String>,
+    pub events: u64,
+    pub requests: u64,
+    pub throttled: u64,
+    pub waited_secs: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// A staged KV write: `Some(value)` sets, `None` deletes.
@@ -119,7 +148,19 @@ impl StateDb {
                      line TEXT NOT NULL,
                      PRIMARY KEY (instance, seq)
                  );
-                 PRAGMA user_version = 1;
+                 CREATE TABLE IF NOT EXISTS health (
+                     instance TEXT PRIMARY KEY,
+                     last_poll TEXT,
+                     last_success TEXT,
+                     newest_event TEXT,
+                     events INTEGER NOT NULL DEFAULT 0,
+                     requests INTEGER NOT NULL DEFAULT 0,
+                     throttled INTEGER NOT NULL DEFAULT 0,
+                     waited_secs INTEGER NOT NULL DEFAULT 0,
+                     failures INTEGER NOT NULL DEFAULT 0,
+                     last_error TEXT
+                 );
+                 PRAGMA user_version = 2;
                  COMMIT;",
             )
             .map_err(|e| self.sql(e))
@@ -272,6 +313,84 @@ impl StateDb {
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([instance], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))?;
+        Ok(rows)
+    }
+
+    /// Adds one poll to the instance's health record.
+    pub fn record_poll(&self, instance: &str, h: &PollHealth) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO health (instance, last_poll, last_success, newest_event, events,
+                     requests, throttled, failures, last_error)
+                 VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7,
+                     CASE WHEN ?3 THEN 0 ELSE 1 END, ?8)
+                 ON CONFLICT (instance) DO UPDATE SET
+                     last_poll = excluded.last_poll,
+                     last_success = COALESCE(excluded.last_success, health.last_success),
+                     newest_event = CASE WHEN health.newest_event IS NULL
+                         OR excluded.newest_event > health.newest_event
+                         THEN COALESCE(excluded.newest_event, health.newest_event)
+                         ELSE health.newest_event END,
+                     events = health.events + excluded.events,
+                     requests = health.requests + excluded.requests,
+                     throttled = health.throttled + excluded.throttled,
+                     failures = CASE WHEN ?3 THEN 0 ELSE health.failures + 1 END,
+                     last_error = COALESCE(excluded.last_error, health.last_error)",
+                params![
+                    instance,
+                    h.at,
+                    h.ok,
+                    h.newest_event,
+                    h.events,
+                    h.requests,
+                    u64::from(h.throttled),
+                    h.error
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Adds time spent waiting (Retry-After, backoff, a spent budget) to the health record.
+    pub fn add_wait(&self, instance: &str, secs: u64) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE health SET waited_secs = waited_secs + ?2 WHERE instance = ?1",
+                params![instance, secs],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Every instance with its health, by name.
+    pub fn health(&self) -> Result<Vec<HealthRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT i.name, i.connector, h.last_poll, h.last_success, h.newest_event,
+                     COALESCE(h.events, 0), COALESCE(h.requests, 0), COALESCE(h.throttled, 0),
+                     COALESCE(h.waited_secs, 0), COALESCE(h.failures, 0), h.last_error
+                 FROM instances i LEFT JOIN health h ON h.instance = i.name ORDER BY i.name",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(HealthRow {
+                    instance: r.get(0)?,
+                    connector: r.get(1)?,
+                    last_poll: r.get(2)?,
+                    last_success: r.get(3)?,
+                    newest_event: r.get(4)?,
+                    events: r.get(5)?,
+                    requests: r.get(6)?,
+                    throttled: r.get(7)?,
+                    waited_secs: r.get(8)?,
+                    failures: r.get(9)?,
+                    last_error: r.get(10)?,
+                })
+            })
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql(e))?;
         Ok(rows)

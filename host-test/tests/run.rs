@@ -353,3 +353,62 @@ fn a_backfill_uses_the_minimum_number_of_graph_calls() {
         "Graph calls and token requests for 10,000 alerts"
     );
 }
+
+#[test]
+fn status_shows_each_instance_with_its_health_and_the_broken_one_with_its_error() {
+    let sim = GraphSim::start(Behaviour {
+        throttle_every: Some(3),
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 20, Duration::from_secs(3600));
+    let files = Files::new(&sim);
+    assert!(files.run_once("warn").status.success());
+    // A second instance in the same state file, with a wrong secret.
+    write_json(&files.dir.path().join("broken.json"), &sim.config(1));
+    write_json(
+        &files.dir.path().join("wrong.json"),
+        &json!({"client-secret": "not-the-secret-x"}),
+    );
+    let broken = run_host(&[
+        "run",
+        alerts_wasm().to_str().unwrap(),
+        "--config",
+        &files.path("broken.json"),
+        "--secrets",
+        &files.path("wrong.json"),
+        "--state",
+        &files.path("state.db"),
+        "--out",
+        &files.path("broken.jsonl"),
+        "--once",
+    ]);
+    assert_eq!(broken.status.code(), Some(1));
+
+    let out = run_host(&["status", "--state", &files.path("state.db")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {table}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let healthy = row("tenant ");
+    assert_eq!(healthy[1], "defender-alerts");
+    assert_eq!(healthy[4], "20", "events: {table}");
+    assert!(
+        healthy[6].parse::<u64>().unwrap() > 0,
+        "throttled responses counted: {table}"
+    );
+    assert_eq!(healthy[8], "0", "no failures: {table}");
+    let failing = row("broken ");
+    assert_eq!(failing[2], "never", "{table}");
+    assert!(
+        table.contains("invalid-secret") || table.contains("client secret is wrong"),
+        "{table}"
+    );
+    assert_no_secrets("status", &out.stdout, &sim);
+}
