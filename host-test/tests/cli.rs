@@ -128,31 +128,12 @@ fn demo_replays_the_bundled_fixture_to_stdout() {
 
 #[test]
 fn a_corrupt_or_foreign_cursor_fails_the_poll_clearly_and_is_kept() {
-    use support::graph_sim::{Behaviour, GraphSim, SECRET};
+    use support::graph_sim::{Behaviour, GraphSim};
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 3, std::time::Duration::from_secs(3600));
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    write_json(&dir.path().join("tenant.json"), &sim.config(1));
-    write_json(
-        &dir.path().join("secrets.json"),
-        &json!({"client-secret": SECRET}),
-    );
-    let run = || {
-        run_host(&[
-            "run",
-            alerts_wasm().to_str().unwrap(),
-            "--config",
-            &path("tenant.json"),
-            "--secrets",
-            &path("secrets.json"),
-            "--state",
-            &path("state.db"),
-            "--out",
-            &path("out.jsonl"),
-            "--once",
-        ])
-    };
+    let tenant = support::Tenant::new(&sim);
+    let path = |n: &str| tenant.path(n);
+    let run = || tenant.run_once("defender-alerts", &[]);
     assert!(run().status.success());
     let db = rusqlite::Connection::open(path("state.db")).unwrap();
     for (cursor, expected) in [
@@ -182,31 +163,12 @@ fn a_corrupt_or_foreign_cursor_fails_the_poll_clearly_and_is_kept() {
 
 #[test]
 fn a_state_file_cut_short_by_a_crash_is_refused_or_opens_cleanly_never_panics() {
-    use support::graph_sim::{Behaviour, GraphSim, SECRET};
+    use support::graph_sim::{Behaviour, GraphSim};
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 5, std::time::Duration::from_secs(3600));
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    write_json(&dir.path().join("tenant.json"), &sim.config(1));
-    write_json(
-        &dir.path().join("secrets.json"),
-        &json!({"client-secret": SECRET}),
-    );
-    let run = || {
-        run_host(&[
-            "run",
-            alerts_wasm().to_str().unwrap(),
-            "--config",
-            &path("tenant.json"),
-            "--secrets",
-            &path("secrets.json"),
-            "--state",
-            &path("state.db"),
-            "--out",
-            &path("out.jsonl"),
-            "--once",
-        ])
-    };
+    let tenant = support::Tenant::new(&sim);
+    let path = |n: &str| tenant.path(n);
+    let run = || tenant.run_once("defender-alerts", &[]);
     assert!(run().status.success());
     // Truncate the database file at several lengths (a torn copy, a full disk).
     let full = std::fs::read(path("state.db")).unwrap();

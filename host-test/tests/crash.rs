@@ -10,9 +10,8 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
-use support::graph_sim::{Behaviour, GraphSim, SECRET};
-use support::{alerts_wasm, assert_exactly_once, host, text, write_json};
+use support::graph_sim::{Behaviour, GraphSim};
+use support::{Tenant, assert_exactly_once, host, text};
 
 /// A small xorshift generator: the seed is printed so a failure can be replayed.
 struct Rng(u64);
@@ -50,34 +49,13 @@ fn kill_9_at_random_moments_neither_loses_nor_repeats_a_line() {
         ..Behaviour::default()
     });
     sim.add_alerts("a", 120, Duration::from_secs(20 * 3600));
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    write_json(&dir.path().join("tenant.json"), &sim.config(1));
-    write_json(
-        &dir.path().join("secrets.json"),
-        &json!({"client-secret": SECRET}),
-    );
+    let tenant = Tenant::new(&sim);
     let args = |once: bool| {
-        let mut a = vec![
-            "--log-level".to_string(),
-            "warn".into(),
-            "run".into(),
-            alerts_wasm().display().to_string(),
-            "--config".into(),
-            path("tenant.json"),
-            "--secrets".into(),
-            path("secrets.json"),
-            "--state".into(),
-            path("state.db"),
-            "--out".into(),
-            path("out.jsonl"),
-            "--interval".into(),
-            "1".into(),
-        ];
-        if once {
-            a.push("--once".into());
-        }
-        a
+        tenant.run_args(
+            "defender-alerts",
+            once,
+            &["--log-level", "warn", "--interval", "1"],
+        )
     };
 
     for k in 0..kills {
@@ -111,5 +89,5 @@ fn kill_9_at_random_moments_neither_loses_nor_repeats_a_line() {
         "the state left by the crashes is usable: {}",
         text(&last.stderr)
     );
-    assert_exactly_once(&dir.path().join("out.jsonl"), &sim);
+    assert_exactly_once(std::path::Path::new(&tenant.path("out.jsonl")), &sim);
 }

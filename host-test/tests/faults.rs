@@ -8,64 +8,30 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-use support::graph_sim::{Behaviour, Fault, GraphSim, Recorder, SECRET};
-use support::{
-    alerts_wasm, assert_exactly_once, assert_no_secrets, read_lines, run_host, text, write_json,
-};
+use support::graph_sim::{Behaviour, Fault, GraphSim, Recorder};
+use support::{Tenant, assert_exactly_once, assert_no_secrets, read_lines, text};
 
-struct Tenant {
-    dir: tempfile::TempDir,
+/// `run --once` at trace level (secret hygiene is checked on everything the host says).
+fn run_once(tenant: &Tenant, extra: &[&str]) -> std::process::Output {
+    let mut flags = vec!["--log-level", "trace"];
+    flags.extend_from_slice(extra);
+    tenant.run_once("defender-alerts", &flags)
 }
 
-impl Tenant {
-    fn new(sim: &GraphSim) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        write_json(&dir.path().join("tenant.json"), &sim.config(1));
-        write_json(
-            &dir.path().join("secrets.json"),
-            &json!({"client-secret": SECRET}),
-        );
-        Tenant { dir }
-    }
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-    fn run_once(&self, extra: &[&str]) -> std::process::Output {
-        let wasm = alerts_wasm().display().to_string();
-        let (config, secrets) = (self.path("tenant.json"), self.path("secrets.json"));
-        let (state, out) = (self.path("state.db"), self.path("out.jsonl"));
-        let mut args = vec![
-            "run",
-            &wasm,
-            "--config",
-            &config,
-            "--secrets",
-            &secrets,
-            "--state",
-            &state,
-            "--out",
-            &out,
-            "--once",
-        ];
-        args.extend_from_slice(extra);
-        run_host(&args)
-    }
-    /// Runs until a run succeeds, at most `tries` times; every run's output is checked
-    /// for the secret and the tokens.
-    fn catch_up(&self, sim: &GraphSim, extra: &[&str], tries: usize) {
-        let mut failures = vec![];
-        for _ in 0..tries {
-            let out = self.run_once(extra);
-            assert_no_secrets("stderr", &out.stderr, sim);
-            assert_no_secrets("stdout", &out.stdout, sim);
-            if out.status.success() {
-                return;
-            }
-            failures.push(text(&out.stderr));
+/// Runs until a run succeeds, at most `tries` times; every run's output is checked for
+/// the secret and the tokens.
+fn catch_up(tenant: &Tenant, sim: &GraphSim, extra: &[&str], tries: usize) {
+    let mut failures = vec![];
+    for _ in 0..tries {
+        let out = run_once(tenant, extra);
+        assert_no_secrets("stderr", &out.stderr, sim);
+        assert_no_secrets("stdout", &out.stdout, sim);
+        if out.status.success() {
+            return;
         }
-        panic!("never caught up: {failures:#?}");
+        failures.push(text(&out.stderr));
     }
+    panic!("never caught up: {failures:#?}");
 }
 
 fn matrix(fault: Fault, every: usize, extra: &[&str]) -> (GraphSim, Tenant) {
@@ -76,10 +42,10 @@ fn matrix(fault: Fault, every: usize, extra: &[&str]) -> (GraphSim, Tenant) {
     });
     sim.add_alerts("a", 23, Duration::from_secs(20 * 3600));
     let tenant = Tenant::new(&sim);
-    tenant.catch_up(&sim, extra, 5);
+    catch_up(&tenant, &sim, extra, 5);
     sim.update_alerts(&sim.ids()[..3]);
     sim.add_alerts("b", 6, Duration::from_secs(60));
-    tenant.catch_up(&sim, extra, 5);
+    catch_up(&tenant, &sim, extra, 5);
     assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
     assert!(sim.with_counters(|c| c.faults) > 0, "the fault happened");
     let out = std::fs::read(tenant.path("out.jsonl")).unwrap();
@@ -157,7 +123,7 @@ fn a_body_over_the_cap_fails_the_poll_clearly_and_a_higher_cap_catches_up() {
     });
     sim.add_alerts("a", 5, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
-    let out = tenant.run_once(&["--max-body-mb", "1"]);
+    let out = run_once(&tenant, &["--max-body-mb", "1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -172,11 +138,11 @@ fn late_records_inside_the_overlap_are_not_lost() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 10, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
-    tenant.catch_up(&sim, &[], 1);
+    catch_up(&tenant, &sim, &[], 1);
     // Graph shows these only now, though their time is 5 minutes ago (inside the
     // 10-minute overlap of the next window).
     sim.add_late_alerts("late", 4, Duration::from_secs(300));
-    tenant.catch_up(&sim, &[], 1);
+    catch_up(&tenant, &sim, &[], 1);
     assert_exactly_once(Path::new(&tenant.path("out.jsonl")), &sim);
 }
 
@@ -190,7 +156,7 @@ fn a_next_link_to_another_listener_is_never_followed_and_no_token_leaves() {
     });
     sim.add_alerts("a", 8, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
-    let out = tenant.run_once(&[]);
+    let out = run_once(&tenant, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("outside the configured Graph host"),

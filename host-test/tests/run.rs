@@ -7,48 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::graph_sim::{Behaviour, GraphSim, SECRET};
+use support::graph_sim::{Behaviour, GraphSim};
 use support::{
-    alerts_wasm, assert_exactly_once, assert_no_secrets, read_lines, run_host, text, write_json,
+    Tenant, alerts_wasm, assert_exactly_once, assert_no_secrets, read_lines, run_host, text,
+    write_json,
 };
 
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new(sim: &GraphSim) -> Files {
-        let dir = tempfile::tempdir().unwrap();
-        write_json(&dir.path().join("tenant.json"), &sim.config(1));
-        write_json(
-            &dir.path().join("secrets.json"),
-            &json!({"client-secret": SECRET}),
-        );
-        Files { dir }
-    }
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-    fn run_once(&self, log_level: &str) -> std::process::Output {
-        run_host(&[
-            "--log-level",
-            log_level,
-            "run",
-            alerts_wasm().to_str().unwrap(),
-            "--config",
-            &self.path("tenant.json"),
-            "--secrets",
-            &self.path("secrets.json"),
-            "--state",
-            &self.path("state.db"),
-            "--out",
-            &self.path("out.jsonl"),
-            "--once",
-        ])
-    }
-}
-
-fn state_bytes(files: &Files) -> Vec<u8> {
+fn state_bytes(files: &Tenant) -> Vec<u8> {
     let mut bytes = vec![];
     for suffix in ["", "-wal", "-shm"] {
         if let Ok(b) = std::fs::read(files.path(&format!("state.db{suffix}"))) {
@@ -67,9 +32,9 @@ fn run_delivers_every_alert_version_once_through_paging_throttling_and_token_exp
         ..Behaviour::default()
     });
     sim.add_alerts("a", 40, Duration::from_secs(20 * 3600));
-    let files = Files::new(&sim);
+    let files = Tenant::new(&sim);
 
-    let first = files.run_once("trace");
+    let first = files.run_once("defender-alerts", &["--log-level", "trace"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
     assert!(
@@ -81,7 +46,7 @@ fn run_delivers_every_alert_version_once_through_paging_throttling_and_token_exp
     let ids = sim.ids();
     sim.update_alerts(&ids[..5]);
     sim.add_alerts("b", 9, Duration::from_secs(60));
-    let second = files.run_once("trace");
+    let second = files.run_once("defender-alerts", &["--log-level", "trace"]);
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
     assert_eq!(
@@ -107,7 +72,7 @@ fn run_delivers_every_alert_version_once_through_paging_throttling_and_token_exp
 #[test]
 fn validate_prints_ok_or_the_cause_with_its_exit_code() {
     let sim = GraphSim::start(Behaviour::default());
-    let files = Files::new(&sim);
+    let files = Tenant::new(&sim);
     let validate = |secrets: &str| {
         run_host(&[
             "validate",
@@ -144,10 +109,15 @@ fn validate_prints_ok_or_the_cause_with_its_exit_code() {
 fn a_changed_backfill_is_refused_once_the_instance_has_state() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 3, Duration::from_secs(3600));
-    let files = Files::new(&sim);
-    assert!(files.run_once("warn").status.success());
+    let files = Tenant::new(&sim);
+    assert!(
+        files
+            .run_once("defender-alerts", &["--log-level", "warn"])
+            .status
+            .success()
+    );
     write_json(&files.dir.path().join("tenant.json"), &sim.config(7));
-    let refused = files.run_once("warn");
+    let refused = files.run_once("defender-alerts", &["--log-level", "warn"]);
     assert_eq!(refused.status.code(), Some(2));
     let err = text(&refused.stderr);
     assert!(
@@ -160,7 +130,7 @@ fn a_changed_backfill_is_refused_once_the_instance_has_state() {
 fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 30, Duration::from_secs(3600));
-    let files = Files::new(&sim);
+    let files = Tenant::new(&sim);
     let child = support::host(&[
         "run",
         alerts_wasm().to_str().unwrap(),
@@ -212,23 +182,9 @@ fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
         ..Behaviour::default()
     });
     sim.add_alerts("i", 5600, Duration::from_secs(20 * 3600));
-    let files = Files::new(&sim);
+    let files = Tenant::new(&sim);
     let started = std::time::Instant::now();
-    let out = run_host(&[
-        "run",
-        support::component_wasm("defender-incidents")
-            .to_str()
-            .unwrap(),
-        "--config",
-        &files.path("tenant.json"),
-        "--secrets",
-        &files.path("secrets.json"),
-        "--state",
-        &files.path("state.db"),
-        "--out",
-        &files.path("out.jsonl"),
-        "--once",
-    ]);
+    let out = files.run_once("defender-incidents", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
     assert_eq!(
@@ -259,7 +215,7 @@ fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
         ..Behaviour::default()
     });
     sim.add_alerts("e", 25, Duration::from_secs(20 * 3600));
-    let files = Files::new(&sim);
+    let files = Tenant::new(&sim);
     let mut config = sim.config(1);
     config["event_types"] = json!([
         "directory_audits",
@@ -268,21 +224,7 @@ fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
         "risk_detections"
     ]);
     write_json(&files.dir.path().join("tenant.json"), &config);
-    let run = || {
-        run_host(&[
-            "run",
-            support::component_wasm("entra").to_str().unwrap(),
-            "--config",
-            &files.path("tenant.json"),
-            "--secrets",
-            &files.path("secrets.json"),
-            "--state",
-            &files.path("state.db"),
-            "--out",
-            &files.path("out.jsonl"),
-            "--once",
-        ])
-    };
+    let run = || files.run_once("entra", &[]);
     let first = run();
     assert!(first.status.success(), "{}", text(&first.stderr));
     // Risk changes: users and detections get new versions; audits and sign-ins do not change.
@@ -342,8 +284,8 @@ fn a_backfill_uses_the_minimum_number_of_graph_calls() {
         ..Behaviour::default()
     });
     sim.add_alerts("a", 10_000, Duration::from_secs(20 * 3600));
-    let files = Files::new(&sim);
-    let out = files.run_once("warn");
+    let files = Tenant::new(&sim);
+    let out = files.run_once("defender-alerts", &["--log-level", "warn"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
     let (calls, tokens) = sim.with_counters(|c| (c.graph_requests, c.token_requests));
@@ -361,8 +303,13 @@ fn status_shows_each_instance_with_its_health_and_the_broken_one_with_its_error(
         ..Behaviour::default()
     });
     sim.add_alerts("a", 20, Duration::from_secs(3600));
-    let files = Files::new(&sim);
-    assert!(files.run_once("warn").status.success());
+    let files = Tenant::new(&sim);
+    assert!(
+        files
+            .run_once("defender-alerts", &["--log-level", "warn"])
+            .status
+            .success()
+    );
     // A second instance in the same state file, with a wrong secret.
     write_json(&files.dir.path().join("broken.json"), &sim.config(1));
     write_json(

@@ -115,3 +115,52 @@ pub fn assert_no_secrets(what: &str, haystack: &[u8], sim: &graph_sim::GraphSim)
         assert!(!text.contains(&token), "an access token appears in {what}");
     }
 }
+
+/// A tenant's files for CLI runs against a simulator: `tenant.json` (the simulator's
+/// config), `secrets.json` (its secret), and the paths of `state.db` and `out.jsonl`.
+pub struct Tenant {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tenant {
+    pub fn new(sim: &graph_sim::GraphSim) -> Tenant {
+        let dir = tempfile::tempdir().unwrap();
+        write_json(&dir.path().join("tenant.json"), &sim.config(1));
+        write_json(
+            &dir.path().join("secrets.json"),
+            &serde_json::json!({"client-secret": graph_sim::SECRET}),
+        );
+        Tenant { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// `run <connector> --config --secrets --state --out [--once] <extra>`.
+    pub fn run_args(&self, connector: &str, once: bool, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "run".to_string(),
+            component_wasm(connector).display().to_string(),
+        ];
+        for (flag, file) in [
+            ("--config", "tenant.json"),
+            ("--secrets", "secrets.json"),
+            ("--state", "state.db"),
+            ("--out", "out.jsonl"),
+        ] {
+            args.extend([flag.to_string(), self.path(file)]);
+        }
+        if once {
+            args.push("--once".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// `run --once` of `connector` on this tenant's files; `extra` flags go last.
+    pub fn run_once(&self, connector: &str, extra: &[&str]) -> Output {
+        let args = self.run_args(connector, true, extra);
+        run_host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
