@@ -296,7 +296,7 @@ impl Runner {
                     requests: 0,
                     message: Some(e.to_string()),
                 };
-                self.write_health(&record, false, None);
+                self.write_health(&record, false);
                 self.record(record);
                 return Ok(Step::Failed {
                     message: e.to_string(),
@@ -306,23 +306,21 @@ impl Runner {
         self.instance = Some(instance);
         let requests = result.requests;
         let throttled = matches!(result.outcome, Err(PollError::RateLimited(_)));
-        let mut newest = None;
         let redact = |m: &str| self.setup.redactor.redact(m);
         let (step, record) = match result.outcome {
-            Ok(batch) => match self.commit(result.emitted, batch, result.kv) {
-                Ok((events, more, wait, newest_event)) => {
-                    newest = newest_event;
-                    (
-                        Step::Committed { more, wait },
-                        PollRecord {
-                            outcome: "ok",
-                            events,
-                            more,
-                            wait_secs: 0,
-                            requests,
-                            message: None,
-                        },
-                    )
+            Ok(batch) => match self.commit(result.emitted, batch, result.kv, requests) {
+                Ok((events, more, wait)) => {
+                    // The commit wrote this poll's health record in its transaction.
+                    let record = PollRecord {
+                        outcome: "ok",
+                        events,
+                        more,
+                        wait_secs: 0,
+                        requests,
+                        message: None,
+                    };
+                    self.record(record);
+                    return Ok(Step::Committed { more, wait });
                 }
                 Err(CommitError::Run(e)) => return Err(e),
                 Err(CommitError::BadEvent(message)) => {
@@ -358,39 +356,44 @@ impl Runner {
                 failed("fatal", message, requests)
             }
         };
-        self.write_health(&record, throttled, newest.as_deref());
+        self.write_health(&record, throttled);
         self.record(record);
         Ok(step)
     }
 
-    /// Adds the poll to the instance's health record (`connector-host status`). A failure to
-    /// write it is worth a warning, not a failed poll.
-    fn write_health(&self, r: &PollRecord, throttled: bool, newest_event: Option<&str>) {
-        let at = humantime::format_rfc3339_seconds(self.setup.clock.now()).to_string();
-        let ok = r.outcome == "ok";
+    /// Adds a failed poll to the instance's health record (`connector-host status`). A
+    /// failure to write it is worth a warning, not a failed poll.
+    fn write_health(&self, r: &PollRecord, throttled: bool) {
+        let at = self.now_rfc3339();
         let health = PollHealth {
             at: &at,
-            ok,
-            events: r.events as u64,
+            ok: false,
+            events: 0,
             requests: r.requests,
             throttled,
-            error: r.message.as_deref().filter(|_| !ok),
-            newest_event,
+            error: r.message.as_deref(),
+            newest_event: None,
         };
         if let Err(e) = self.db().record_poll(&self.setup.instance, &health) {
             tracing::warn!(instance = %self.setup.instance, "cannot record the poll's health: {e}");
         }
     }
 
-    /// Commits a successful poll and delivers it. Returns (events, more, wait, the newest
-    /// event time as RFC 3339 with milliseconds).
+    fn now_rfc3339(&self) -> String {
+        humantime::format_rfc3339_seconds(self.setup.clock.now()).to_string()
+    }
+
+    /// Commits a successful poll, with its health record, and delivers it. Returns
+    /// (events, more, wait).
     fn commit(
         &mut self,
         emitted: Vec<Event>,
         batch: Batch,
         kv: crate::state::KvWrites,
-    ) -> Result<(usize, bool, Option<u32>, Option<String>), CommitError> {
+        requests: u64,
+    ) -> Result<(usize, bool, Option<u32>), CommitError> {
         let events: Vec<Event> = emitted.into_iter().chain(batch.events).collect();
+        // RFC 3339 with milliseconds: comparable as text in the health record.
         let newest = events
             .iter()
             .filter_map(|e| humantime::parse_rfc3339_weak(&e.timestamp).ok())
@@ -403,6 +406,16 @@ impl Runner {
         let name = self.setup.instance.clone();
         let connector = self.connector.clone();
         let routing = self.routing.clone();
+        let at = self.now_rfc3339();
+        let health = PollHealth {
+            at: &at,
+            ok: true,
+            events: events.len() as u64,
+            requests,
+            throttled: false,
+            error: None,
+            newest_event: newest.as_deref(),
+        };
         let seqs = self
             .db()
             .commit_poll(
@@ -425,6 +438,7 @@ impl Runner {
                 },
                 &batch.cursor,
                 &kv,
+                &health,
             )
             .map_err(|e| CommitError::Run(e.into()))?;
         if !events.is_empty() {
@@ -434,7 +448,7 @@ impl Runner {
             tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
         }
         self.deliver().map_err(CommitError::Run)?;
-        Ok((events.len(), batch.more, batch.wait_secs, newest))
+        Ok((events.len(), batch.more, batch.wait_secs))
     }
 }
 

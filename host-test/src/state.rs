@@ -41,6 +41,14 @@ pub enum StateError {
     },
 }
 
+/// Wraps a SQLite error with the state file's path (for use while `conn` is borrowed).
+fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |cause| StateError::Sql {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
 pub struct StateDb {
     conn: Connection,
     path: PathBuf,
@@ -232,8 +240,8 @@ impl StateDb {
     }
 
     /// Commits one successful poll: its event lines (numbered after the instance's last
-    /// `seq` by `line(seq, index)`), its cursor and its KV writes, all or nothing.
-    /// Returns the seq range given to the lines.
+    /// `seq` by `line(seq, index)`), its cursor, its KV writes and its health record, all or
+    /// nothing. Returns the seq range given to the lines.
     pub fn commit_poll(
         &mut self,
         instance: &str,
@@ -241,53 +249,51 @@ impl StateDb {
         mut line: impl FnMut(u64, usize) -> String,
         cursor: &str,
         kv: &KvWrites,
+        health: &PollHealth,
     ) -> Result<std::ops::RangeInclusive<u64>, StateError> {
-        let path = self.path.clone();
-        let sql = |cause| StateError::Sql {
-            path: path.clone(),
-            cause,
-        };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let sql = sql_error(&self.path);
+        let tx = self.conn.transaction().map_err(&sql)?;
         let last: u64 = tx
             .query_row(
                 "SELECT last_seq FROM instances WHERE name = ?1",
                 [instance],
                 |r| r.get(0),
             )
-            .map_err(sql)?;
+            .map_err(&sql)?;
         {
             let mut insert = tx
                 .prepare_cached("INSERT INTO outbox (instance, seq, line) VALUES (?1, ?2, ?3)")
-                .map_err(sql)?;
+                .map_err(&sql)?;
             for i in 0..count {
                 let seq = last + 1 + i as u64;
                 insert
                     .execute(params![instance, seq, line(seq, i)])
-                    .map_err(sql)?;
+                    .map_err(&sql)?;
             }
             let mut set = tx
                 .prepare_cached(
                     "INSERT INTO kv (instance, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (instance, key) DO UPDATE SET value = excluded.value",
                 )
-                .map_err(sql)?;
+                .map_err(&sql)?;
             let mut delete = tx
                 .prepare_cached("DELETE FROM kv WHERE instance = ?1 AND key = ?2")
-                .map_err(sql)?;
+                .map_err(&sql)?;
             for (key, value) in kv {
                 match value {
                     Some(v) => set.execute(params![instance, key, v]),
                     None => delete.execute(params![instance, key]),
                 }
-                .map_err(sql)?;
+                .map_err(&sql)?;
             }
         }
         tx.execute(
             "UPDATE instances SET cursor = ?2, last_seq = ?3 WHERE name = ?1",
             params![instance, cursor, last + count as u64],
         )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
+        .map_err(&sql)?;
+        upsert_health(&tx, instance, health).map_err(&sql)?;
+        tx.commit().map_err(&sql)?;
         Ok(last + 1..=last + count as u64)
     }
 
@@ -318,39 +324,9 @@ impl StateDb {
         Ok(rows)
     }
 
-    /// Adds one poll to the instance's health record.
+    /// Adds a poll that committed nothing (a failed one) to the instance's health record.
     pub fn record_poll(&self, instance: &str, h: &PollHealth) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO health (instance, last_poll, last_success, newest_event, events,
-                     requests, throttled, failures, last_error)
-                 VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7,
-                     CASE WHEN ?3 THEN 0 ELSE 1 END, ?8)
-                 ON CONFLICT (instance) DO UPDATE SET
-                     last_poll = excluded.last_poll,
-                     last_success = COALESCE(excluded.last_success, health.last_success),
-                     newest_event = CASE WHEN health.newest_event IS NULL
-                         OR excluded.newest_event > health.newest_event
-                         THEN COALESCE(excluded.newest_event, health.newest_event)
-                         ELSE health.newest_event END,
-                     events = health.events + excluded.events,
-                     requests = health.requests + excluded.requests,
-                     throttled = health.throttled + excluded.throttled,
-                     failures = CASE WHEN ?3 THEN 0 ELSE health.failures + 1 END,
-                     last_error = COALESCE(excluded.last_error, health.last_error)",
-                params![
-                    instance,
-                    h.at,
-                    h.ok,
-                    h.newest_event,
-                    h.events,
-                    h.requests,
-                    u64::from(h.throttled),
-                    h.error
-                ],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        upsert_health(&self.conn, instance, h).map_err(|e| self.sql(e))
     }
 
     /// Adds time spent waiting (Retry-After, backoff, a spent budget) to the health record.
@@ -398,24 +374,53 @@ impl StateDb {
 
     /// Records that every line up to `seq` reached the sink, and drops them from the outbox.
     pub fn mark_delivered(&mut self, instance: &str, seq: u64) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let sql = |cause| StateError::Sql {
-            path: path.clone(),
-            cause,
-        };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let sql = sql_error(&self.path);
+        let tx = self.conn.transaction().map_err(&sql)?;
         tx.execute(
             "UPDATE instances SET delivered_seq = max(delivered_seq, ?2) WHERE name = ?1",
             params![instance, seq],
         )
-        .map_err(sql)?;
+        .map_err(&sql)?;
         tx.execute(
             "DELETE FROM outbox WHERE instance = ?1 AND seq <= ?2",
             params![instance, seq],
         )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)
+        .map_err(&sql)?;
+        tx.commit().map_err(&sql)
     }
+}
+
+/// Adds one poll to an instance's health record (inside the poll's transaction, or alone).
+fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO health (instance, last_poll, last_success, newest_event, events,
+             requests, throttled, failures, last_error)
+         VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7,
+             CASE WHEN ?3 THEN 0 ELSE 1 END, ?8)
+         ON CONFLICT (instance) DO UPDATE SET
+             last_poll = excluded.last_poll,
+             last_success = COALESCE(excluded.last_success, health.last_success),
+             newest_event = CASE WHEN health.newest_event IS NULL
+                 OR excluded.newest_event > health.newest_event
+                 THEN COALESCE(excluded.newest_event, health.newest_event)
+                 ELSE health.newest_event END,
+             events = health.events + excluded.events,
+             requests = health.requests + excluded.requests,
+             throttled = health.throttled + excluded.throttled,
+             failures = CASE WHEN ?3 THEN 0 ELSE health.failures + 1 END,
+             last_error = COALESCE(excluded.last_error, health.last_error)",
+        params![
+            instance,
+            h.at,
+            h.ok,
+            h.newest_event,
+            h.events,
+            h.requests,
+            u64::from(h.throttled),
+            h.error
+        ],
+    )
+    .map(drop)
 }
 
 #[cfg(test)]
@@ -429,11 +434,32 @@ mod tests {
         db.ensure_instance("a", "defender-alerts").unwrap();
         let kv: KvWrites = [("k".to_string(), Some("v".to_string()))].into();
         let seqs = db
-            .commit_poll("a", 2, |seq, i| format!("{seq}:{i}"), "c1", &kv)
+            .commit_poll(
+                "a",
+                2,
+                |seq, i| format!("{seq}:{i}"),
+                "c1",
+                &kv,
+                &PollHealth {
+                    at: "2026-11-20T12:00:00Z",
+                    ok: true,
+                    events: 2,
+                    requests: 1,
+                    throttled: false,
+                    error: None,
+                    newest_event: Some("2026-11-20T11:00:00.000Z"),
+                },
+            )
             .unwrap();
         assert_eq!(seqs, 1..=2);
         assert_eq!(db.cursor("a").unwrap().as_deref(), Some("c1"));
         assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some("v"));
+        let health = &db.health().unwrap()[0];
+        assert_eq!(
+            (health.events, health.failures),
+            (2, 0),
+            "health commits with the poll"
+        );
         assert_eq!(db.undelivered("a").unwrap().len(), 2);
         db.mark_delivered("a", 1).unwrap();
         assert_eq!(db.undelivered("a").unwrap(), vec![(2, "2:1".to_string())]);
