@@ -16,6 +16,7 @@ use crate::imports::http::NetworkTransport;
 use crate::redact::Redactor;
 use crate::runner::{RunError, RunSetup, Runner};
 use crate::secrets::Secrets;
+use crate::serve::{ServeOptions, Server};
 use crate::sink::Sink;
 use crate::state::StateDb;
 
@@ -90,6 +91,28 @@ enum Command {
         /// State file to keep (default: in memory).
         #[arg(long)]
         state: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Runs every instance described in a directory, each on its own schedule; reloads the
+    /// directory every `--rescan-secs` and on SIGHUP.
+    Serve {
+        /// A directory of instance files (`<name>.json`: component, config, secrets,
+        /// interval_secs).
+        #[arg(long)]
+        instances: PathBuf,
+        /// SQLite state file shared by all instances; created if missing.
+        #[arg(long)]
+        state: PathBuf,
+        /// Directory for event lines, one `<instance>.jsonl` per instance (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+        /// Seconds between reads of the instances directory.
+        #[arg(long, default_value_t = 5)]
+        rescan_secs: u64,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -235,7 +258,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             limits,
         } => {
             let component = load(&component)?;
-            let setup = setup(
+            let mut setup = setup(
                 component,
                 &config,
                 instance,
@@ -243,13 +266,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 &state,
                 (&limits).into(),
             )?;
-            let stop = setup.stop.clone();
-            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                // A second signal ends the process at once; the first finishes the poll.
-                signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
-                    .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
-                    .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
-            }
+            setup.stop = stop_on_signals()?;
             let sink = Sink::open(&out).map_err(Failure::usage)?;
             let mut runner = Runner::new(setup, sink)?;
             let interval = match interval {
@@ -270,6 +287,20 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let config = config.map(|p| read_config(&p)).transpose()?;
             replay_to(&component, &fixture, config, &out, state, (&limits).into())
         }
+        Command::Serve {
+            instances,
+            state,
+            out,
+            metrics,
+            rescan_secs,
+            limits,
+        } => {
+            let mut options = ServeOptions::new(instances, state);
+            options.out = out;
+            options.rescan = Duration::from_secs(rescan_secs.max(1));
+            options.limits = (&limits).into();
+            serve(&engine, options, metrics)
+        }
         Command::Status { .. } => unreachable!("handled above: needs no engine"),
         Command::Demo { scenario } => {
             let component = load(&crate::component_path("defender-alerts"))?;
@@ -286,6 +317,42 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             )
         }
     }
+}
+
+fn serve(
+    engine: &HostEngine,
+    options: ServeOptions,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(), Failure> {
+    let shutdown = stop_on_signals()?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
+    let mut server = Server::new(engine, options).map_err(Failure::usage)?;
+    let metrics = match metrics {
+        Some(addr) => Some(
+            crate::metrics::spawn(addr, server.state(), shutdown.clone())
+                .map_err(Failure::usage)?,
+        ),
+        None => None,
+    };
+    server.run(&shutdown, &reload).map_err(Failure::connector)?;
+    if let Some(thread) = metrics {
+        let _ = thread.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A flag raised by SIGINT or SIGTERM; a second signal ends the process at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
+    }
+    Ok(stop)
 }
 
 fn status(path: &Path) -> Result<(), Failure> {
@@ -323,12 +390,12 @@ fn status(path: &Path) -> Result<(), Failure> {
         "FAILURES"
     );
     for r in rows {
-        let error = if r.failures > 0 {
-            r.last_error.as_deref().unwrap_or("")
-        } else {
-            ""
+        let error = match (&r.last_error_code, &r.last_error) {
+            _ if r.failures == 0 => String::new(),
+            (Some(code), Some(m)) => format!("[{code}] {m}"),
+            (_, m) => m.clone().unwrap_or_default(),
         };
-        println!(
+        let line = format!(
             "{:<24} {:<20} {:<21} {:>12} {:>9} {:>8} {:>9} {:>7}s {:>8}  {}",
             r.instance,
             r.connector,
@@ -339,8 +406,9 @@ fn status(path: &Path) -> Result<(), Failure> {
             r.throttled,
             r.waited_secs,
             r.failures,
-            error.chars().take(120).collect::<String>()
+            error.chars().take(160).collect::<String>()
         );
+        println!("{}", line.trim_end());
     }
     Ok(())
 }

@@ -57,6 +57,7 @@ pub fn format_config_error(e: &ConfigError) -> String {
 }
 
 /// Everything a runner needs to create (and re-create) its component instance.
+#[derive(Clone)]
 pub struct RunSetup {
     pub component: LoadedComponent,
     pub instance: String,
@@ -365,6 +366,11 @@ impl Runner {
     /// failure to write it is worth a warning, not a failed poll.
     fn write_health(&self, r: &PollRecord, throttled: bool) {
         let at = self.now_rfc3339();
+        let code = match r.outcome {
+            "retry" if throttled => "throttled",
+            "retry" => "transient",
+            other => other,
+        };
         let health = PollHealth {
             at: &at,
             ok: false,
@@ -372,6 +378,7 @@ impl Runner {
             requests: r.requests,
             throttled,
             error: r.message.as_deref(),
+            code: Some(code),
             newest_event: None,
         };
         if let Err(e) = self.db().record_poll(&self.setup.instance, &health) {
@@ -414,6 +421,7 @@ impl Runner {
             requests,
             throttled: false,
             error: None,
+            code: None,
             newest_event: newest.as_deref(),
         };
         let seqs = self

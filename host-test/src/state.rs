@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -63,6 +63,9 @@ pub struct PollHealth<'a> {
     pub requests: u64,
     pub throttled: bool,
     pub error: Option<&'a str>,
+    /// A short code for the failure (`throttled`, `transient`, `auth`, `fatal`, `trap`,
+    /// `config`, `host`, `instance-file`): a metric label, where the message cannot be.
+    pub code: Option<&'a str>,
     /// The newest event time of the poll, RFC 3339 with milliseconds (comparable as text).
     pub newest_event: Option<&'a str>,
 }
@@ -81,6 +84,7 @@ pub struct HealthRow {
     pub waited_secs: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    pub last_error_code: Option<String>,
 }
 
 /// A staged KV write: `Some(value)` sets, `None` deletes.
@@ -133,8 +137,14 @@ impl StateDb {
                 found: version,
             });
         }
+        // Schema 2 had no error code; 1 had no health table (created below, with it).
+        let add_code = if version == 2 {
+            "ALTER TABLE health ADD COLUMN last_error_code TEXT;"
+        } else {
+            ""
+        };
         self.conn
-            .execute_batch(
+            .execute_batch(&format!(
                 "BEGIN;
                  CREATE TABLE IF NOT EXISTS instances (
                      name TEXT PRIMARY KEY,
@@ -166,11 +176,13 @@ impl StateDb {
                      throttled INTEGER NOT NULL DEFAULT 0,
                      waited_secs INTEGER NOT NULL DEFAULT 0,
                      failures INTEGER NOT NULL DEFAULT 0,
-                     last_error TEXT
+                     last_error TEXT,
+                     last_error_code TEXT
                  );
-                 PRAGMA user_version = 2;
+                 {add_code}
+                 PRAGMA user_version = {SCHEMA_VERSION};
                  COMMIT;",
-            )
+            ))
             .map_err(|e| self.sql(e))
     }
 
@@ -345,10 +357,14 @@ impl StateDb {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT i.name, i.connector, h.last_poll, h.last_success, h.newest_event,
-                     COALESCE(h.events, 0), COALESCE(h.requests, 0), COALESCE(h.throttled, 0),
-                     COALESCE(h.waited_secs, 0), COALESCE(h.failures, 0), h.last_error
-                 FROM instances i LEFT JOIN health h ON h.instance = i.name ORDER BY i.name",
+                // FULL JOIN: an instance `serve` could not start has health but no state.
+                "SELECT COALESCE(i.name, h.instance), COALESCE(i.connector, '-'), h.last_poll,
+                     h.last_success, h.newest_event, COALESCE(h.events, 0),
+                     COALESCE(h.requests, 0), COALESCE(h.throttled, 0),
+                     COALESCE(h.waited_secs, 0), COALESCE(h.failures, 0), h.last_error,
+                     h.last_error_code
+                 FROM instances i FULL JOIN health h ON h.instance = i.name
+                 ORDER BY 1",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
@@ -365,6 +381,7 @@ impl StateDb {
                     waited_secs: r.get(8)?,
                     failures: r.get(9)?,
                     last_error: r.get(10)?,
+                    last_error_code: r.get(11)?,
                 })
             })
             .and_then(|rows| rows.collect())
@@ -394,9 +411,9 @@ impl StateDb {
 fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO health (instance, last_poll, last_success, newest_event, events,
-             requests, throttled, failures, last_error)
+             requests, throttled, failures, last_error, last_error_code)
          VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7,
-             CASE WHEN ?3 THEN 0 ELSE 1 END, ?8)
+             CASE WHEN ?3 THEN 0 ELSE 1 END, ?8, ?9)
          ON CONFLICT (instance) DO UPDATE SET
              last_poll = excluded.last_poll,
              last_success = COALESCE(excluded.last_success, health.last_success),
@@ -408,7 +425,8 @@ fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite:
              requests = health.requests + excluded.requests,
              throttled = health.throttled + excluded.throttled,
              failures = CASE WHEN ?3 THEN 0 ELSE health.failures + 1 END,
-             last_error = COALESCE(excluded.last_error, health.last_error)",
+             last_error = COALESCE(excluded.last_error, health.last_error),
+             last_error_code = COALESCE(excluded.last_error_code, health.last_error_code)",
         params![
             instance,
             h.at,
@@ -417,7 +435,8 @@ fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite:
             h.events,
             h.requests,
             u64::from(h.throttled),
-            h.error
+            h.error,
+            h.code
         ],
     )
     .map(drop)
@@ -447,6 +466,7 @@ mod tests {
                     requests: 1,
                     throttled: false,
                     error: None,
+                    code: None,
                     newest_event: Some("2026-11-20T11:00:00.000Z"),
                 },
             )
@@ -481,6 +501,60 @@ mod tests {
         assert!(
             err.to_string().contains("not a usable SQLite database"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_schema_2_file_gains_the_error_code_and_keeps_its_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE instances (name TEXT PRIMARY KEY, connector TEXT NOT NULL,
+                     cursor TEXT, last_seq INTEGER NOT NULL DEFAULT 0,
+                     delivered_seq INTEGER NOT NULL DEFAULT 0, created TEXT);
+                 CREATE TABLE health (instance TEXT PRIMARY KEY, last_poll TEXT,
+                     last_success TEXT, newest_event TEXT, events INTEGER NOT NULL DEFAULT 0,
+                     requests INTEGER NOT NULL DEFAULT 0, throttled INTEGER NOT NULL DEFAULT 0,
+                     waited_secs INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+                     last_error TEXT);
+                 INSERT INTO instances (name, connector) VALUES ('a', 'entra');
+                 INSERT INTO health (instance, events, failures, last_error)
+                     VALUES ('a', 7, 2, 'boom');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let failure = PollHealth {
+            at: "2026-11-20T12:00:00Z",
+            ok: false,
+            events: 0,
+            requests: 0,
+            throttled: false,
+            error: Some("no such component"),
+            code: Some("host"),
+            newest_event: None,
+        };
+        // An instance that never started (no state) still shows, with its error.
+        db.record_poll("b", &failure).unwrap();
+        let rows = db.health().unwrap();
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.instance.as_str(),
+                    r.connector.as_str(),
+                    r.events,
+                    r.failures,
+                    r.last_error_code.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [("a", "entra", 7, 2, None), ("b", "-", 0, 1, Some("host"))]
         );
     }
 }

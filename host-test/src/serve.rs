@@ -1,0 +1,476 @@
+//! `connector-host serve`: many instances in one process.
+//!
+//! Each `*.json` file directly in the instances directory is one instance (see
+//! [`InstanceFile`]). All instances share one engine, one compiled component per component
+//! file and one state database; each has its own thread, store, schedule, limits and call
+//! budget, so a throttled, stalled or broken tenant never delays the others.
+//!
+//! The directory is read again every `rescan` and on SIGHUP: a new file starts an instance,
+//! a changed one (its file, its secrets file or its component) restarts it, a removed one
+//! stops it. An instance that cannot start (a bad file, a missing component, a config the
+//! component refuses, such as a changed `backfill_days`) is not run, and its health record
+//! says why; the others are not affected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{HostEngine, Limits, LoadedComponent};
+use crate::imports::Transport;
+use crate::imports::http::NetworkTransport;
+use crate::redact::Redactor;
+use crate::runner::{RunError, RunSetup, Runner};
+use crate::secrets::Secrets;
+use crate::sink::Sink;
+use crate::state::{PollHealth, StateDb, StateError};
+
+/// One instance file. Paths are relative to the instances directory.
+///
+/// ```json
+/// {"component": "components/defender_alerts.wasm",
+///  "config": {"tenant_id": "…", "client_id": "…", "backfill_days": 7},
+///  "secrets": "secrets/contoso.json", "interval_secs": 300}
+/// ```
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFile {
+    /// Default: the file's name without `.json`.
+    pub name: Option<String>,
+    pub component: PathBuf,
+    /// The connector's config document (DESIGN.md's config keys).
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// A JSON file `{"client-secret": "…"}`; default: `CONNECTOR_SECRET_<NAME>` variables.
+    pub secrets: Option<PathBuf>,
+    /// Seconds between polls; default: the connector's suggestion.
+    pub interval_secs: Option<u64>,
+}
+
+pub struct ServeOptions {
+    pub instances: PathBuf,
+    pub state: PathBuf,
+    /// A directory for `<instance>.jsonl` files; `None` is stdout.
+    pub out: Option<PathBuf>,
+    pub rescan: Duration,
+    pub limits: Limits,
+    /// The HTTP transport of every instance (tests may substitute one).
+    pub transport: Arc<dyn Transport>,
+}
+
+impl ServeOptions {
+    pub fn new(instances: PathBuf, state: PathBuf) -> Self {
+        ServeOptions {
+            instances,
+            state,
+            out: None,
+            rescan: Duration::from_secs(5),
+            limits: Limits::default(),
+            transport: Arc::new(NetworkTransport::default()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read the instances directory {path}: {cause}")]
+    Instances {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot create the output directory {path}: {cause}")]
+    Out {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Why an instance file could not become a running instance.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{0}")]
+    File(String),
+    #[error(transparent)]
+    Load(#[from] crate::engine::LoadError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
+}
+
+/// The serving process: the shared engine and state, and the instances it runs.
+pub struct Server<'a> {
+    engine: &'a HostEngine,
+    options: ServeOptions,
+    state: Arc<Mutex<StateDb>>,
+    components: HashMap<PathBuf, (Stamp, LoadedComponent)>,
+    slots: BTreeMap<String, Slot>,
+    /// Files that cannot become instances, as last reported.
+    problems: HashMap<PathBuf, Fingerprint>,
+}
+
+/// What a file was when an instance was started from it: a change restarts the instance.
+type Fingerprint = u64;
+
+/// A component file's identity on disk, to reload it when it is replaced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64, Option<SystemTime>);
+
+struct Slot {
+    file: PathBuf,
+    fingerprint: Fingerprint,
+    /// `None` when the instance could not start; its health record says why.
+    running: Option<Running>,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl<'a> Server<'a> {
+    pub fn new(engine: &'a HostEngine, options: ServeOptions) -> Result<Self, ServeError> {
+        if let Some(dir) = &options.out {
+            std::fs::create_dir_all(dir).map_err(|cause| ServeError::Out {
+                path: dir.clone(),
+                cause,
+            })?;
+        }
+        let state = Arc::new(Mutex::new(StateDb::open(&options.state)?));
+        Ok(Server {
+            engine,
+            options,
+            state,
+            components: HashMap::new(),
+            slots: BTreeMap::new(),
+            problems: HashMap::new(),
+        })
+    }
+
+    pub fn state(&self) -> Arc<Mutex<StateDb>> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` is raised, reading the directory again every `rescan` or
+    /// when `reload` is raised. On shutdown, every instance finishes its poll in flight.
+    pub fn run(&mut self, shutdown: &AtomicBool, reload: &AtomicBool) -> Result<(), ServeError> {
+        let mut next_scan = Instant::now();
+        while !shutdown.load(Ordering::Relaxed) {
+            if reload.swap(false, Ordering::Relaxed) || Instant::now() >= next_scan {
+                self.reconcile()?;
+                next_scan = Instant::now() + self.options.rescan;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!(
+            instances = self.slots.len(),
+            "stopping: finishing polls in flight"
+        );
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for slot in self.slots.values() {
+            if let Some(r) = &slot.running {
+                r.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        for name in names {
+            self.stop(&name);
+        }
+        Ok(())
+    }
+
+    /// Brings the running instances in line with the directory.
+    pub fn reconcile(&mut self) -> Result<(), ServeError> {
+        let files = self.scan()?;
+        let gone: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| !files.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(instance = %name, "instance file removed: stopping the instance");
+            self.stop(&name);
+        }
+        for (name, (file, fingerprint)) in files {
+            if self
+                .slots
+                .get(&name)
+                .is_some_and(|s| s.fingerprint == fingerprint && s.file == file)
+            {
+                continue;
+            }
+            if self.slots.contains_key(&name) {
+                tracing::info!(instance = %name, file = %file.display(), "instance changed: restarting it");
+                self.stop(&name);
+            }
+            let running = match self.start(&name, &file) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let message = format!("{}: {e}", file.display());
+                    tracing::error!(instance = %name, "instance not started: {message}");
+                    self.record_failure(&name, "instance-file", &message);
+                    None
+                }
+            };
+            self.slots.insert(
+                name,
+                Slot {
+                    file,
+                    fingerprint,
+                    running,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The instance files by instance name, with their fingerprints. A second file that
+    /// claims a name already taken is reported and skipped.
+    fn scan(&mut self) -> Result<BTreeMap<String, (PathBuf, Fingerprint)>, ServeError> {
+        let dir = &self.options.instances;
+        let read_dir = |cause| ServeError::Instances {
+            path: dir.clone(),
+            cause,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        let mut files: BTreeMap<String, (PathBuf, Fingerprint)> = BTreeMap::new();
+        let reported = std::mem::take(&mut self.problems);
+        let mut problems = HashMap::new();
+        for path in paths {
+            let fingerprint = fingerprint(dir, &path);
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let problem = match instance_name(&path) {
+                Err(message) => Some((stem.into_owned(), message)),
+                Ok(name) => match files.get(&name) {
+                    Some((other, _)) => Some((
+                        name.clone(),
+                        format!(
+                            "{} names instance {name:?}, which {} already names; give it \
+                             another name",
+                            path.display(),
+                            other.display()
+                        ),
+                    )),
+                    None => {
+                        files.insert(name, (path.clone(), fingerprint));
+                        None
+                    }
+                },
+            };
+            // Reported once per version of the file, not at every rescan.
+            if let Some((name, message)) = problem {
+                if reported.get(&path) != Some(&fingerprint) {
+                    tracing::error!(file = %path.display(), "{message}");
+                    self.record_failure(&name, "instance-file", &message);
+                }
+                problems.insert(path, fingerprint);
+            }
+        }
+        self.problems = problems;
+        Ok(files)
+    }
+
+    fn start(&mut self, name: &str, file: &Path) -> Result<Running, StartError> {
+        let spec = read_instance_file(file)?;
+        let base = self.options.instances.clone();
+        let component = self.component(&base.join(&spec.component))?;
+        let secrets = match &spec.secrets {
+            Some(path) => Secrets::from_file(&base.join(path))?,
+            None => Secrets::from_env(),
+        };
+        let redactor = Redactor::default();
+        secrets.register(&redactor);
+        let stop = Arc::new(AtomicBool::new(false));
+        let setup = RunSetup {
+            component,
+            instance: name.to_string(),
+            config: serde_json::Value::Object(spec.config).to_string(),
+            secrets,
+            state: self.state.clone(),
+            transport: self.options.transport.clone(),
+            clock: Arc::new(SystemClock),
+            redactor,
+            limits: self.options.limits.clone(),
+            stop: stop.clone(),
+            seeded_random: false,
+        };
+        let out = match &self.options.out {
+            Some(dir) => dir.join(format!("{name}.jsonl")),
+            None => PathBuf::from("-"),
+        };
+        let interval = spec.interval_secs.map(Duration::from_secs);
+        let thread = std::thread::Builder::new()
+            .name(format!("instance {name}"))
+            .spawn(move || serve_instance(setup, &out, interval))
+            .map_err(|e| StartError::File(format!("cannot start a thread: {e}")))?;
+        tracing::info!(instance = %name, "instance started");
+        Ok(Running { stop, thread })
+    }
+
+    /// The compiled component at `path`, loaded once and again when the file changes.
+    fn component(&mut self, path: &Path) -> Result<LoadedComponent, StartError> {
+        let stamp = std::fs::metadata(path)
+            .map(|m| Stamp(m.len(), m.modified().ok()))
+            .unwrap_or(Stamp(0, None));
+        if let Some((s, c)) = self.components.get(path)
+            && *s == stamp
+        {
+            return Ok(c.clone());
+        }
+        let loaded = self.engine.load(path)?;
+        self.components
+            .insert(path.to_path_buf(), (stamp, loaded.clone()));
+        Ok(loaded)
+    }
+
+    /// Stops an instance after its poll in flight and forgets it.
+    fn stop(&mut self, name: &str) {
+        let Some(slot) = self.slots.remove(name) else {
+            return;
+        };
+        if let Some(r) = slot.running {
+            r.stop.store(true, Ordering::Relaxed);
+            if r.thread.join().is_err() {
+                tracing::error!(instance = %name, "the instance's thread panicked");
+            }
+        }
+    }
+
+    fn record_failure(&self, name: &str, code: &str, message: &str) {
+        record_failure(&self.state, &SystemClock, name, code, message);
+    }
+}
+
+/// One instance's life: start it, run it on its schedule until stopped; a failure of the
+/// host side (state file, output, instance creation) is retried after a pause. A config
+/// the component refuses waits for the file to change (the server restarts the instance).
+fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>) {
+    let name = setup.instance.clone();
+    let state = setup.state.clone();
+    let stop = setup.stop.clone();
+    let clock = setup.clock.clone();
+    let mut pause = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let result = Sink::open(out)
+            .map_err(RunError::from)
+            .and_then(|sink| Runner::new(setup.clone(), sink))
+            .and_then(|mut runner| {
+                let every = interval.unwrap_or_else(|| {
+                    Duration::from_secs(runner.poll_interval_secs().max(1).into())
+                });
+                pause = every.min(Duration::from_secs(60));
+                runner.run(false, every)
+            });
+        match result {
+            Ok(()) => return,
+            Err(RunError::Config(message)) => {
+                let message = format!("config refused: {message}");
+                tracing::error!(instance = %name, "{message}; fix the instance file");
+                record_failure(&state, clock.as_ref(), &name, "config", &message);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(instance = %name, "instance failed, restarting in {}s: {e}", pause.as_secs());
+                record_failure(&state, clock.as_ref(), &name, "host", &e.to_string());
+                clock.sleep(pause, &stop);
+            }
+        }
+    }
+}
+
+fn record_failure(
+    state: &Mutex<StateDb>,
+    clock: &dyn Clock,
+    name: &str,
+    code: &str,
+    message: &str,
+) {
+    let at = humantime::format_rfc3339_seconds(clock.now()).to_string();
+    let health = PollHealth {
+        at: &at,
+        ok: false,
+        events: 0,
+        requests: 0,
+        throttled: false,
+        error: Some(message),
+        code: Some(code),
+        newest_event: None,
+    };
+    let db = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = db.record_poll(name, &health) {
+        tracing::warn!(instance = %name, "cannot record the instance's health: {e}");
+    }
+}
+
+fn read_instance_file(path: &Path) -> Result<InstanceFile, StartError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::File(format!("cannot read it: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| {
+        StartError::File(format!(
+            "not a valid instance file ({e}); expected {{\"component\": \"<file.wasm>\", \
+             \"config\": {{...}}, \"secrets\": \"<file>\", \"interval_secs\": N}}"
+        ))
+    })
+}
+
+/// The instance's name: the file's `name`, else its stem. Names become file names under
+/// `--out`, so they are kept to letters, digits, `.`, `_` and `-`.
+fn instance_name(path: &Path) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+    let named = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Named>(&t).ok())
+        .and_then(|n| n.name);
+    let name = named.unwrap_or_else(|| {
+        path.file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{}: instance name {name:?} may hold only letters, digits, '.', '_' and '-'",
+            path.display()
+        ))
+    }
+}
+
+/// What decides whether a running instance is still current: its file, its secrets file
+/// (a rotated secret restarts it) and its component file. Unreadable parts hash as absent;
+/// starting the instance then reports them.
+fn fingerprint(base: &Path, file: &Path) -> Fingerprint {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let bytes = std::fs::read(file).unwrap_or_default();
+    bytes.hash(&mut h);
+    if let Ok(spec) = serde_json::from_slice::<InstanceFile>(&bytes) {
+        if let Some(secrets) = &spec.secrets {
+            std::fs::read(base.join(secrets))
+                .unwrap_or_default()
+                .hash(&mut h);
+        }
+        if let Ok(m) = std::fs::metadata(base.join(&spec.component)) {
+            (m.len(), m.modified().ok()).hash(&mut h);
+        }
+    }
+    h.finish()
+}

@@ -1,0 +1,288 @@
+//! `connector-host serve` with many instances in one process, against loopback Graph
+//! simulators: healthy tenants keep their schedule and deliver exactly once while a
+//! throttled, a stalled, a wrong-secret, a broken and a component-less instance fail on
+//! their own and say why in `status` and in the metrics; files added, changed and removed
+//! take effect without a restart; SIGTERM ends it cleanly.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::graph_sim::{Behaviour, Fault, GraphSim, SECRET};
+use support::{assert_exactly_once, assert_no_secrets, host, read_lines, text, write_json};
+
+/// Waits for `done`; on a timeout, fails with serve's log.
+fn wait_until(what: &str, log: &Path, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > timeout {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("timed out waiting for {what}; serve's log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn instance(dir: &Path, name: &str, sim: &GraphSim, secrets: &str, backfill_days: u32) {
+    write_json(
+        &dir.join(format!("{name}.json")),
+        &json!({
+            "component": support::alerts_wasm(),
+            "config": sim.config(backfill_days),
+            "secrets": format!("secrets/{secrets}.json"),
+            "interval_secs": 1,
+        }),
+    );
+}
+
+fn status(state: &Path) -> String {
+    let out = support::run_host(&["status", "--state", &state.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The `status` line of one instance.
+fn status_of(state: &Path, name: &str) -> String {
+    status(state)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn metrics(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stop(mut child: Child, log: &Path) -> (i32, String) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(log).unwrap();
+            return (status.code().unwrap_or(-1), stderr);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
+    let alpha = GraphSim::start(Behaviour::default());
+    alpha.add_alerts("alpha", 30, Duration::from_secs(3600));
+    let bravo = GraphSim::start(Behaviour::default());
+    bravo.add_alerts("bravo", 20, Duration::from_secs(3600));
+    let throttled = GraphSim::start(Behaviour {
+        throttle_every: Some(1),
+        ..Behaviour::default()
+    });
+    throttled.add_alerts("throttled", 5, Duration::from_secs(3600));
+    let stalled = GraphSim::start(Behaviour {
+        fault: Some((1, Fault::Slow(Duration::from_secs(30)))),
+        ..Behaviour::default()
+    });
+    stalled.add_alerts("stalled", 5, Duration::from_secs(3600));
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("instances");
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    write_json(
+        &dir.join("secrets/good.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    write_json(
+        &dir.join("secrets/wrong.json"),
+        &json!({"client-secret": "not-the-secret"}),
+    );
+    instance(&dir, "alpha", &alpha, "good", 1);
+    instance(&dir, "bravo", &bravo, "good", 1);
+    instance(&dir, "throttled", &throttled, "good", 1);
+    instance(&dir, "stalled", &stalled, "good", 1);
+    instance(&dir, "wrong-secret", &bravo, "wrong", 1);
+    std::fs::write(dir.join("broken.json"), "{\"component\": ").unwrap();
+    write_json(
+        &dir.join("ghost.json"),
+        &json!({"component": "no-such.wasm", "config": bravo.config(1)}),
+    );
+    let state = work.path().join("state.db");
+    let out = work.path().join("out");
+    let port = free_port();
+    // A file, not a pipe: a pipe nobody reads would stall the server once full.
+    let log = work.path().join("serve.log");
+
+    let child = host(&[
+        "serve",
+        "--instances",
+        &dir.display().to_string(),
+        "--state",
+        &state.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+        "--rescan-secs",
+        "1",
+        "--http-timeout-secs",
+        "2",
+        "--log-level",
+        "debug",
+    ])
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .expect("start serve");
+
+    // The healthy tenants' backfills arrive whole, whatever the others do.
+    let caught_up = |sim: &GraphSim, name: &str| {
+        let file = out.join(format!("{name}.jsonl"));
+        let got: std::collections::BTreeSet<(String, String)> = read_lines(&file)
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().to_string(),
+                    l["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        got == sim.latest()
+    };
+    wait_until(
+        "the healthy backfills",
+        &log,
+        Duration::from_secs(30),
+        || caught_up(&alpha, "alpha") && caught_up(&bravo, "bravo"),
+    );
+
+    // They keep polling every second while the stalled tenant's polls hang for seconds.
+    let before = alpha.with_counters(|c| c.graph_requests);
+    std::thread::sleep(Duration::from_secs(5));
+    let polls = alpha.with_counters(|c| c.graph_requests) - before;
+    assert!(
+        polls >= 3,
+        "alpha polled {polls} times in 5 s at a 1 s interval"
+    );
+    alpha.add_alerts("alpha-new", 3, Duration::from_secs(1));
+    wait_until("new alerts", &log, Duration::from_secs(10), || {
+        caught_up(&alpha, "alpha")
+    });
+
+    // Broken instances say why, in status and in the metrics.
+    wait_until(
+        "every failure recorded",
+        &log,
+        Duration::from_secs(20),
+        || {
+            let s = status(&state);
+            ["throttled", "stalled", "wrong-secret", "broken", "ghost"]
+                .iter()
+                .all(|n| {
+                    s.lines().any(|l| {
+                        l.split_whitespace().next() == Some(n)
+                            && l.split_whitespace().nth(8).is_some_and(|f| f != "0")
+                    })
+                })
+        },
+    );
+    let table = status(&state);
+    for (name, says) in [
+        ("alpha", None),
+        ("bravo", None),
+        ("throttled", Some("throttled")),
+        ("stalled", Some("transient")),
+        ("wrong-secret", Some("auth")),
+        ("broken", Some("instance-file")),
+        ("ghost", Some("instance-file")),
+    ] {
+        let line = status_of(&state, name);
+        match says {
+            None => assert!(
+                line.contains("defender-alerts") && line.ends_with(" 0"),
+                "{name} is healthy:\n{table}"
+            ),
+            Some(code) => assert!(
+                line.contains(&format!("[{code}]")),
+                "{name} reports {code}:\n{table}"
+            ),
+        }
+    }
+    assert!(
+        status_of(&state, "ghost").contains("no-such.wasm"),
+        "{table}"
+    );
+    let m = metrics(port);
+    for line in [
+        r#"connector_up{instance="alpha",connector="defender-alerts"} 1.0"#,
+        r#"connector_up{instance="bravo",connector="defender-alerts"} 1.0"#,
+        r#"connector_last_error{instance="throttled",connector="defender-alerts",code="throttled"} 1.0"#,
+        r#"connector_last_error{instance="wrong-secret",connector="defender-alerts",code="auth"} 1.0"#,
+        r#"connector_last_error{instance="broken",connector="-",code="instance-file"} 1.0"#,
+        r#"connector_events_total{instance="bravo",connector="defender-alerts"} 20.0"#,
+    ] {
+        assert!(m.contains(line), "{line} missing from the metrics:\n{m}");
+    }
+
+    // Hot reload: a new file starts an instance, a changed backfill is refused for that
+    // instance only, a removed file stops its instance.
+    let charlie = GraphSim::start(Behaviour::default());
+    charlie.add_alerts("charlie", 4, Duration::from_secs(600));
+    instance(&dir, "charlie", &charlie, "good", 1);
+    wait_until("the added instance", &log, Duration::from_secs(15), || {
+        caught_up(&charlie, "charlie")
+    });
+    instance(&dir, "alpha", &alpha, "good", 3);
+    wait_until("the refused config", &log, Duration::from_secs(15), || {
+        status_of(&state, "alpha").contains("[config]")
+    });
+    let refusal = status_of(&state, "alpha");
+    assert!(refusal.contains("backfill_days"), "{refusal}");
+    std::fs::remove_file(dir.join("bravo.json")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after_removal = bravo.with_counters(|c| c.graph_requests);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        bravo.with_counters(|c| c.graph_requests),
+        after_removal,
+        "a removed instance stops polling"
+    );
+    charlie.add_alerts("charlie-new", 2, Duration::from_secs(1));
+    wait_until("the others go on", &log, Duration::from_secs(10), || {
+        caught_up(&charlie, "charlie")
+    });
+
+    let (code, stderr) = stop(child, &log);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    for (sim, name) in [(&alpha, "alpha"), (&bravo, "bravo"), (&charlie, "charlie")] {
+        assert_exactly_once(&out.join(format!("{name}.jsonl")), sim);
+    }
+    for sim in [&alpha, &bravo, &throttled, &stalled, &charlie] {
+        assert_no_secrets("serve's stderr", stderr.as_bytes(), sim);
+    }
+    assert_no_secrets("the metrics", m.as_bytes(), &alpha);
+}
