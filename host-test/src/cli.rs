@@ -204,7 +204,7 @@ fn init_logging(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::LogWriter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -269,6 +269,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             setup.stop = stop_on_signals()?;
             let sink = Sink::open(&out).map_err(Failure::usage)?;
             let mut runner = Runner::new(setup, sink)?;
+            runner.progress = crate::progress::Progress::on_terminal();
             let interval = match interval {
                 Some(s) => Duration::from_secs(s),
                 None => Duration::from_secs(runner.poll_interval_secs().max(1).into()),

@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod imports;
 pub mod instance;
 pub mod metrics;
+pub mod progress;
 pub mod redact;
 pub mod runner;
 pub mod secrets;

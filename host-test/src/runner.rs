@@ -154,6 +154,8 @@ pub struct Runner {
     instance: Option<Instance>,
     /// Polls made, when recording (fixture replay).
     pub records: Option<Vec<PollRecord>>,
+    /// The catch-up display of `run` on a terminal.
+    pub progress: Option<crate::progress::Progress>,
 }
 
 impl Runner {
@@ -169,6 +171,7 @@ impl Runner {
             sink,
             instance: None,
             records: None,
+            progress: None,
         };
         let mut instance = runner.fresh_instance()?;
         let metadata = instance.describe()?;
@@ -456,6 +459,9 @@ impl Runner {
             tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
         }
         self.deliver().map_err(CommitError::Run)?;
+        if let Some(p) = self.progress.as_mut() {
+            p.polled(events.len(), batch.more, newest.as_deref());
+        }
         Ok((events.len(), batch.more, batch.wait_secs))
     }
 }

@@ -359,3 +359,46 @@ fn status_shows_each_instance_with_its_health_and_the_broken_one_with_its_error(
     );
     assert_no_secrets("status", &out.stdout, &sim);
 }
+
+/// Runs `args` under a pseudo-terminal (util-linux `script`): what a user at a terminal sees.
+fn on_terminal(args: &[String]) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut command = quote(env!("CARGO_BIN_EXE_connector-host"));
+    for a in args {
+        command.push(' ');
+        command.push_str(&quote(a));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("CONNECTOR_HOST_CACHE", support::cache_dir())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("util-linux script runs");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    text(&out.stdout)
+}
+
+#[test]
+fn a_backfill_shows_progress_on_a_terminal_and_plain_logs_elsewhere() {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 5,
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 40, Duration::from_secs(3600));
+    let files = Tenant::new(&sim);
+
+    let plain = files.run_once("defender-alerts", &[]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let log = text(&plain.stderr);
+    assert!(
+        !log.contains("catching up"),
+        "no progress line in a log: {log}"
+    );
+
+    let terminal = Tenant::new(&sim);
+    // Event lines go to `--out`: the terminal shows the progress and the logs only.
+    let screen = on_terminal(&terminal.run_args("defender-alerts", true, &[]));
+    assert!(screen.contains("catching up: "), "{screen}");
+    assert!(screen.contains("caught up"), "{screen}");
+    assert_exactly_once(Path::new(&terminal.path("out.jsonl")), &sim);
+}
