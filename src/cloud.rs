@@ -13,13 +13,18 @@ impl Cloud {
     pub const NAMES: &'static [&'static str] = &["global", "usgov", "usgov-dod", "china"];
 
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "global" => Cloud::Global,
-            "usgov" => Cloud::UsGov,
-            "usgov-dod" => Cloud::UsGovDod,
-            "china" => Cloud::China,
-            _ => return None,
-        })
+        [Cloud::Global, Cloud::UsGov, Cloud::UsGovDod, Cloud::China]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::UsGov => "usgov",
+            Cloud::UsGovDod => "usgov-dod",
+            Cloud::China => "china",
+        }
     }
 
     pub fn login_base(self) -> &'static str {

@@ -14,6 +14,7 @@ pub const ROUTES: &[&str] = &["workflows", "auto-triage"];
 pub struct Config {
     pub tenant_id: String,
     pub client_id: String,
+    pub cloud: Cloud,
     pub login_base: String,
     pub graph_base: String,
     pub backfill_days: u32,
@@ -131,6 +132,7 @@ pub fn parse(document: &str) -> Result<(Config, Options), ConfigError> {
         Config {
             tenant_id,
             client_id,
+            cloud,
             login_base,
             graph_base,
             backfill_days,

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use crate::cloud::Cloud;
 use crate::config::Options;
 use crate::types::ConfigError;
 
@@ -104,6 +105,10 @@ pub trait Connector {
     const POLL_INTERVAL_SECS: u32;
     /// Every data type the connector can read.
     const DATA_TYPES: &'static [DataType];
+    /// The national clouds whose Graph offers every API the connector reads, per the API
+    /// pages' national cloud availability; `configure` refuses the others. The Defender and
+    /// Entra ID lists used so far are documented for the global and US Government clouds.
+    const CLOUDS: &'static [Cloud] = &[Cloud::Global, Cloud::UsGov, Cloud::UsGovDod];
     /// The API's published call quota per tenant, kept by [`crate::budget`]; none by default.
     const CALL_LIMITS: &'static [crate::budget::Limit] = &[];
 

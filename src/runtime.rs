@@ -92,6 +92,21 @@ impl Instance {
         let (config, mut options) = config::parse(document)?;
         let queries = C::queries(&mut options)?;
         options.finish(C::NAME)?;
+        if !C::CLOUDS.contains(&config.cloud) {
+            let offered: Vec<&str> = C::CLOUDS.iter().map(|c| c.name()).collect();
+            return Err(config::error(
+                "cloud",
+                format!(
+                    "Microsoft does not offer the Graph APIs {} reads in the {} cloud",
+                    C::NAME,
+                    config.cloud.name()
+                ),
+                format!(
+                    "use one of: {} (the tenant must live in that cloud)",
+                    offered.join(", ")
+                ),
+            ));
+        }
         let origin =
             load_origin(p).map_err(|m| config::error("", m, "check the host's state store"))?;
         if let Some(origin) = origin.filter(|o| o.backfill_days != config.backfill_days) {

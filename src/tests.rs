@@ -463,6 +463,28 @@ fn backfill_days_is_fixed_once_the_instance_has_state() {
 }
 
 #[test]
+fn a_cloud_that_does_not_offer_the_apis_is_refused_naming_the_ones_that_do() {
+    let p = FakePlatform::new();
+    let doc = |cloud: &str| {
+        format!(r#"{{"tenant_id":"{TENANT}","client_id":"{CLIENT}","cloud":"{cloud}"}}"#)
+    };
+    for cloud in ["global", "usgov", "usgov-dod"] {
+        assert!(
+            Instance::configure::<Test>(&p, &doc(cloud)).is_ok(),
+            "{cloud}"
+        );
+    }
+    let e = Instance::configure::<Test>(&p, &doc("china"))
+        .err()
+        .unwrap();
+    assert_eq!(e.key, "cloud");
+    assert!(
+        e.message.contains("china") && e.remedy.contains("global, usgov, usgov-dod"),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn data_types_advance_independently_and_new_ones_start_at_the_origin() {
     let p = FakePlatform::new();
     let mut i = instance(&p, "");
