@@ -379,7 +379,7 @@ fn status(path: &Path) -> Result<(), Failure> {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "{:<24} {:<20} {:<21} {:>12} {:>9} {:>8} {:>9} {:>8} {:>8}  LAST ERROR",
+        "{:<24} {:<22} {:<21} {:>12} {:>9} {:>8} {:>9} {:>8} {:>8}  LAST ERROR",
         "INSTANCE",
         "CONNECTOR",
         "LAST SUCCESS",
@@ -397,7 +397,7 @@ fn status(path: &Path) -> Result<(), Failure> {
             (_, m) => m.clone().unwrap_or_default(),
         };
         let line = format!(
-            "{:<24} {:<20} {:<21} {:>12} {:>9} {:>8} {:>9} {:>7}s {:>8}  {}",
+            "{:<24} {:<22} {:<21} {:>12} {:>9} {:>8} {:>9} {:>7}s {:>8}  {}",
             r.instance,
             r.connector,
             r.last_success.as_deref().unwrap_or("never"),
@@ -407,7 +407,14 @@ fn status(path: &Path) -> Result<(), Failure> {
             r.throttled,
             r.waited_secs,
             r.failures,
-            error.chars().take(160).collect::<String>()
+            // One line per instance, whatever the error holds.
+            error
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(160)
+                .collect::<String>()
         );
         println!("{}", line.trim_end());
     }

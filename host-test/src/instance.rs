@@ -138,7 +138,16 @@ impl Instance {
                     secs: self.limits.deadline.as_secs(),
                 }
             } else {
-                let message = self.store.data().redactor.redact(&format!("{e:#}"));
+                // One line for logs and `status`: the trap itself (e.g. "wasm `unreachable`
+                // instruction executed", what a panic in the component becomes); the wasm
+                // backtrace goes to the debug log.
+                let redactor = &self.store.data().redactor;
+                tracing::debug!(instance = %instance, "{}", redactor.redact(&format!("{e:?}")));
+                let message = match e.downcast_ref::<Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => e.to_string(),
+                };
+                let message = redactor.redact(&message);
                 InstanceError::Trap {
                     instance,
                     call,

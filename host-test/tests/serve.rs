@@ -1,7 +1,7 @@
 //! `connector-host serve` with many instances in one process, against loopback Graph
 //! simulators: healthy tenants keep their schedule and deliver exactly once while a
-//! throttled, a stalled, a wrong-secret, a broken and a component-less instance fail on
-//! their own and say why in `status` and in the metrics; files added, changed and removed
+//! throttled, a stalled, a wrong-secret, a trapping, a spinning, a broken and a
+//! component-less instance fail on their own and say why in `status` and in the metrics; files added, changed and removed
 //! take effect without a restart; SIGTERM ends it cleanly.
 
 mod support;
@@ -125,6 +125,16 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     instance(&dir, "throttled", &throttled, "good", 1);
     instance(&dir, "stalled", &stalled, "good", 1);
     instance(&dir, "wrong-secret", &bravo, "wrong", 1);
+    for mode in ["trap", "spin"] {
+        write_json(
+            &dir.join(format!("{mode}.json")),
+            &json!({
+                "component": support::component_wasm("misbehaving-connector"),
+                "config": {"mode": mode},
+                "interval_secs": 1,
+            }),
+        );
+    }
     std::fs::write(dir.join("broken.json"), "{\"component\": ").unwrap();
     write_json(
         &dir.join("ghost.json"),
@@ -149,6 +159,8 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         "--rescan-secs",
         "1",
         "--http-timeout-secs",
+        "2",
+        "--deadline-secs",
         "2",
         "--log-level",
         "debug",
@@ -199,17 +211,26 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         Duration::from_secs(20),
         || {
             let s = status(&state);
-            ["throttled", "stalled", "wrong-secret", "broken", "ghost"]
-                .iter()
-                .all(|n| {
-                    s.lines().any(|l| {
-                        l.split_whitespace().next() == Some(n)
-                            && l.split_whitespace().nth(8).is_some_and(|f| f != "0")
-                    })
+            [
+                "throttled",
+                "stalled",
+                "wrong-secret",
+                "broken",
+                "ghost",
+                "trap",
+                "spin",
+            ]
+            .iter()
+            .all(|n| {
+                s.lines().any(|l| {
+                    l.split_whitespace().next() == Some(n)
+                        && l.split_whitespace().nth(8).is_some_and(|f| f != "0")
                 })
+            })
         },
     );
     let table = status(&state);
+    eprintln!("status while serving:\n{table}");
     for (name, says) in [
         ("alpha", None),
         ("bravo", None),
@@ -218,6 +239,8 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         ("wrong-secret", Some("auth")),
         ("broken", Some("instance-file")),
         ("ghost", Some("instance-file")),
+        ("trap", Some("trap")),
+        ("spin", Some("trap")),
     ] {
         let line = status_of(&state, name);
         match says {
