@@ -121,6 +121,9 @@ impl Host for HostState {
         let started = Instant::now();
         let result = self.send_checked(&request);
         self.host_time += started.elapsed();
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return result;
+        }
         let what = format!("{} {}", request.method, self.redactor.redact(&request.url));
         match &result {
             Ok(r) => tracing::debug!(instance = %self.instance, status = r.status,
