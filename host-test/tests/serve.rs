@@ -2,7 +2,7 @@
 //! simulators: healthy tenants keep their schedule and deliver exactly once while a
 //! throttled, a stalled, a wrong-secret, a trapping, a spinning, a broken and a
 //! component-less instance fail on their own and say why in `status` and in the metrics; files added, changed and removed
-//! take effect without a restart; SIGTERM ends it cleanly.
+//! take effect on SIGHUP without a restart; SIGTERM ends it cleanly.
 
 mod support;
 
@@ -72,12 +72,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn stop(mut child: Child, log: &Path) -> (i32, String) {
+fn signal(child: &Child, name: &str) {
     let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+}
+
+fn stop(mut child: Child, log: &Path) -> (i32, String) {
+    signal(&child, "TERM");
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -156,8 +160,9 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         &out.display().to_string(),
         "--metrics",
         &format!("127.0.0.1:{port}"),
+        // Changes below take effect on SIGHUP; the periodic rescan would take an hour.
         "--rescan-secs",
-        "1",
+        "3600",
         "--http-timeout-secs",
         "2",
         "--deadline-secs",
@@ -275,16 +280,19 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     let charlie = GraphSim::start(Behaviour::default());
     charlie.add_alerts("charlie", 4, Duration::from_secs(600));
     instance(&dir, "charlie", &charlie, "good", 1);
+    signal(&child, "HUP");
     wait_until("the added instance", &log, Duration::from_secs(15), || {
         caught_up(&charlie, "charlie")
     });
     instance(&dir, "alpha", &alpha, "good", 3);
+    signal(&child, "HUP");
     wait_until("the refused config", &log, Duration::from_secs(15), || {
         status_of(&state, "alpha").contains("[config]")
     });
     let refusal = status_of(&state, "alpha");
     assert!(refusal.contains("backfill_days"), "{refusal}");
     std::fs::remove_file(dir.join("bravo.json")).unwrap();
+    signal(&child, "HUP");
     std::thread::sleep(Duration::from_secs(3));
     let after_removal = bravo.with_counters(|c| c.graph_requests);
     std::thread::sleep(Duration::from_secs(3));
