@@ -1,8 +1,9 @@
 //! `connector-host serve` with many instances in one process, against loopback Graph
 //! simulators: healthy tenants keep their schedule and deliver exactly once while a
 //! throttled, a stalled, a wrong-secret, a trapping, a spinning, a broken and a
-//! component-less instance fail on their own and say why in `status` and in the metrics; files added, changed and removed
-//! take effect on SIGHUP without a restart; SIGTERM ends it cleanly.
+//! component-less instance fail on their own and say why in `status` and in the metrics;
+//! files added, changed and removed take effect on SIGHUP without a restart; SIGTERM ends
+//! it cleanly.
 
 mod support;
 
