@@ -109,7 +109,7 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     });
     throttled.add_alerts("throttled", 5, Duration::from_secs(3600));
     let stalled = GraphSim::start(Behaviour {
-        fault: Some((1, Fault::Slow(Duration::from_secs(30)))),
+        fault: Some((1, Fault::Slow(Duration::from_secs(5)))),
         ..Behaviour::default()
     });
     stalled.add_alerts("stalled", 5, Duration::from_secs(3600));
