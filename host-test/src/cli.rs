@@ -9,11 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::SystemClock;
 use crate::engine::{HostEngine, Limits, LoadedComponent};
 use crate::fixture::{ReplayOptions, ReplayReport, replay};
-use crate::imports::http::NetworkTransport;
-use crate::redact::Redactor;
 use crate::runner::{RunError, RunSetup, Runner};
 use crate::secrets::Secrets;
 use crate::serve::{ServeOptions, Server};
@@ -422,21 +419,14 @@ fn status(path: &Path) -> Result<(), Failure> {
 }
 
 fn describe(component: &LoadedComponent) -> Result<(), Failure> {
-    let setup = RunSetup {
-        component: component.clone(),
-        instance: "describe".into(),
-        config: "{}".into(),
-        secrets: Secrets::default(),
-        state: Arc::new(Mutex::new(
-            StateDb::open(Path::new(":memory:")).map_err(Failure::usage)?,
-        )),
-        transport: Arc::new(NetworkTransport::default()),
-        clock: Arc::new(SystemClock),
-        redactor: Redactor::default(),
-        limits: Limits::default(),
-        stop: Arc::new(AtomicBool::new(false)),
-        seeded_random: false,
-    };
+    let state = StateDb::open(Path::new(":memory:")).map_err(Failure::usage)?;
+    let setup = RunSetup::new(
+        component.clone(),
+        "describe".into(),
+        "{}".into(),
+        Secrets::default(),
+        Arc::new(Mutex::new(state)),
+    );
     let m = setup.describe()?;
     let schema: serde_json::Value = serde_json::from_str(&m.config_schema)
         .unwrap_or(serde_json::Value::String(m.config_schema));
@@ -478,8 +468,6 @@ fn setup(
         Some(path) => Secrets::from_file(path).map_err(Failure::usage)?,
         None => Secrets::from_env(),
     };
-    let redactor = Redactor::default();
-    secrets.register(&redactor);
     let instance = match instance {
         Some(name) => name,
         None => config_path
@@ -491,19 +479,15 @@ fn setup(
             })?,
     };
     let state = StateDb::open(state).map_err(Failure::usage)?;
-    Ok(RunSetup {
+    let mut setup = RunSetup::new(
         component,
         instance,
         config,
         secrets,
-        state: Arc::new(Mutex::new(state)),
-        transport: Arc::new(NetworkTransport::default()),
-        clock: Arc::new(SystemClock),
-        redactor,
-        limits,
-        stop: Arc::new(AtomicBool::new(false)),
-        seeded_random: false,
-    })
+        Arc::new(Mutex::new(state)),
+    );
+    setup.limits = limits;
+    Ok(setup)
 }
 
 fn replay_to(

@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::bindings::{Batch, ConfigError, Event, PollError};
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::engine::{Limits, LoadedComponent};
+use crate::imports::http::NetworkTransport;
 use crate::imports::{AllowList, Transport, Wiring};
 use crate::instance::{Instance, InstanceError};
 use crate::redact::Redactor;
@@ -74,6 +75,32 @@ pub struct RunSetup {
 }
 
 impl RunSetup {
+    /// A setup on the network and the system clock, with default limits, whose redactor
+    /// masks `secrets`; callers change what differs (limits, transport, stop flag).
+    pub fn new(
+        component: LoadedComponent,
+        instance: String,
+        config: String,
+        secrets: Secrets,
+        state: Arc<Mutex<StateDb>>,
+    ) -> Self {
+        let redactor = Redactor::default();
+        secrets.register(&redactor);
+        RunSetup {
+            component,
+            instance,
+            config,
+            secrets,
+            state,
+            transport: Arc::new(NetworkTransport::default()),
+            clock: Arc::new(SystemClock),
+            redactor,
+            limits: Limits::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            seeded_random: false,
+        }
+    }
+
     fn wiring(&self) -> Wiring {
         Wiring {
             instance: self.instance.clone(),

@@ -25,7 +25,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{HostEngine, Limits, LoadedComponent};
 use crate::imports::Transport;
 use crate::imports::http::NetworkTransport;
-use crate::redact::Redactor;
 use crate::runner::{RunError, RunSetup, Runner};
 use crate::secrets::Secrets;
 use crate::sink::Sink;
@@ -288,22 +287,16 @@ impl<'a> Server<'a> {
             Some(path) => Secrets::from_file(&base.join(path))?,
             None => Secrets::from_env(),
         };
-        let redactor = Redactor::default();
-        secrets.register(&redactor);
-        let stop = Arc::new(AtomicBool::new(false));
-        let setup = RunSetup {
+        let mut setup = RunSetup::new(
             component,
-            instance: name.to_string(),
-            config: serde_json::Value::Object(spec.config).to_string(),
+            name.to_string(),
+            serde_json::Value::Object(spec.config).to_string(),
             secrets,
-            state: self.state.clone(),
-            transport: self.options.transport.clone(),
-            clock: Arc::new(SystemClock),
-            redactor,
-            limits: self.options.limits.clone(),
-            stop: stop.clone(),
-            seeded_random: false,
-        };
+            self.state.clone(),
+        );
+        setup.transport = self.options.transport.clone();
+        setup.limits = self.options.limits.clone();
+        let stop = setup.stop.clone();
         let out = match &self.options.out {
             Some(dir) => dir.join(format!("{name}.jsonl")),
             None => PathBuf::from("-"),
