@@ -134,6 +134,10 @@ struct Running {
 
 impl<'a> Server<'a> {
     pub fn new(engine: &'a HostEngine, options: ServeOptions) -> Result<Self, ServeError> {
+        std::fs::read_dir(&options.instances).map_err(|cause| ServeError::Instances {
+            path: options.instances.clone(),
+            cause,
+        })?;
         if let Some(dir) = &options.out {
             std::fs::create_dir_all(dir).map_err(|cause| ServeError::Out {
                 path: dir.clone(),
@@ -157,11 +161,16 @@ impl<'a> Server<'a> {
 
     /// Serves until `shutdown` is raised, reading the directory again every `rescan` or
     /// when `reload` is raised. On shutdown, every instance finishes its poll in flight.
+    /// A directory that cannot be read at start is an error; later, the instances keep
+    /// running as they are until it can be read again.
     pub fn run(&mut self, shutdown: &AtomicBool, reload: &AtomicBool) -> Result<(), ServeError> {
-        let mut next_scan = Instant::now();
+        self.reconcile()?;
+        let mut next_scan = Instant::now() + self.options.rescan;
         while !shutdown.load(Ordering::Relaxed) {
             if reload.swap(false, Ordering::Relaxed) || Instant::now() >= next_scan {
-                self.reconcile()?;
+                if let Err(e) = self.reconcile() {
+                    tracing::warn!("{e}; the instances go on as they are");
+                }
                 next_scan = Instant::now() + self.options.rescan;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -240,3 +240,27 @@ fn a_component_for_another_wit_minor_version_is_refused_naming_both_versions() {
     let out = run_host(&["describe", &patch.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn serve_refuses_a_missing_instances_directory_and_a_public_metrics_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db").display().to_string();
+    let missing = dir.path().join("nope").display().to_string();
+    let out = run_host(&["serve", "--instances", &missing, "--state", &state]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot read the instances directory") && err.contains("nope"),
+        "{err}"
+    );
+
+    let here = dir.path().display().to_string();
+    let args = ["serve", "--instances", &here, "--state", &state];
+    let out = run_host(&[&args[..], &["--metrics", "0.0.0.0:9464"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("loopback address only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
