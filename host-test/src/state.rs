@@ -13,6 +13,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 const SCHEMA_VERSION: i64 = 3;
 
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT_SECS: u64 = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
@@ -20,6 +23,11 @@ pub enum StateError {
          restore it from a backup, or delete it to start the instance over (a full backfill)"
     )]
     Corrupt { path: PathBuf, cause: String },
+    #[error(
+        "the state file {path} stayed locked by another process for {BUSY_TIMEOUT_SECS} s; \
+         try again, and check that no stuck process holds it"
+    )]
+    Busy { path: PathBuf },
     #[error(
         "the state file {path} was written by a newer connector-host (schema {found}, this host knows {SCHEMA_VERSION}); use that version"
     )]
@@ -92,12 +100,19 @@ pub type KvWrites = BTreeMap<String, Option<String>>;
 
 impl StateDb {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let corrupt = |cause: rusqlite::Error| StateError::Corrupt {
-            path: path.to_path_buf(),
-            cause: cause.to_string(),
+        let corrupt = |cause: rusqlite::Error| match cause.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StateError::Busy {
+                    path: path.to_path_buf(),
+                }
+            }
+            _ => StateError::Corrupt {
+                path: path.to_path_buf(),
+                cause: cause.to_string(),
+            },
         };
         let conn = Connection::open(path).map_err(corrupt)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        conn.busy_timeout(std::time::Duration::from_secs(BUSY_TIMEOUT_SECS))
             .map_err(corrupt)?;
         // The first statement that reads the file tells whether it is a database at all.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -137,6 +152,10 @@ impl StateDb {
                 found: version,
             });
         }
+        if version == SCHEMA_VERSION {
+            // Nothing to write: a reader such as `status` takes no lock beside a writer.
+            return Ok(());
+        }
         // Schema 2 had no error code; 1 had no health table (created below, with it).
         let add_code = if version == 2 {
             "ALTER TABLE health ADD COLUMN last_error_code TEXT;"
@@ -145,7 +164,7 @@ impl StateDb {
         };
         self.conn
             .execute_batch(&format!(
-                "BEGIN;
+                "BEGIN IMMEDIATE;
                  CREATE TABLE IF NOT EXISTS instances (
                      name TEXT PRIMARY KEY,
                      connector TEXT NOT NULL,
@@ -264,7 +283,7 @@ impl StateDb {
         health: &PollHealth,
     ) -> Result<std::ops::RangeInclusive<u64>, StateError> {
         let sql = sql_error(&self.path);
-        let tx = self.conn.transaction().map_err(&sql)?;
+        let tx = write_transaction(&mut self.conn).map_err(&sql)?;
         let last: u64 = tx
             .query_row(
                 "SELECT last_seq FROM instances WHERE name = ?1",
@@ -392,7 +411,7 @@ impl StateDb {
     /// Records that every line up to `seq` reached the sink, and drops them from the outbox.
     pub fn mark_delivered(&mut self, instance: &str, seq: u64) -> Result<(), StateError> {
         let sql = sql_error(&self.path);
-        let tx = self.conn.transaction().map_err(&sql)?;
+        let tx = write_transaction(&mut self.conn).map_err(&sql)?;
         tx.execute(
             "UPDATE instances SET delivered_seq = max(delivered_seq, ?2) WHERE name = ?1",
             params![instance, seq],
@@ -405,6 +424,13 @@ impl StateDb {
         .map_err(&sql)?;
         tx.commit().map_err(&sql)
     }
+}
+
+/// A transaction that takes the write lock at once. A deferred one that reads first could
+/// not wait for another process's writer when it comes to write: SQLite answers "database
+/// is locked" at once instead of applying the busy timeout.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// Adds one poll to an instance's health record (inside the poll's transaction, or alone).

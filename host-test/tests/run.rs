@@ -402,3 +402,48 @@ fn a_backfill_shows_progress_on_a_terminal_and_plain_logs_elsewhere() {
     assert!(screen.contains("caught up"), "{screen}");
     assert_exactly_once(Path::new(&terminal.path("out.jsonl")), &sim);
 }
+
+#[test]
+fn processes_sharing_a_state_file_wait_for_each_other_instead_of_failing() {
+    // Three `run` processes of three instances commit into one state file at once (many
+    // small pages each) while `status` reads it.
+    let sims: Vec<GraphSim> = (0..3)
+        .map(|_| {
+            let sim = GraphSim::start(Behaviour {
+                page_max: 2,
+                ..Behaviour::default()
+            });
+            sim.add_alerts("a", 60, Duration::from_secs(3600));
+            sim
+        })
+        .collect();
+    let shared = tempfile::tempdir().unwrap();
+    let state = shared.path().join("state.db").display().to_string();
+    let tenants: Vec<Tenant> = sims.iter().map(Tenant::new).collect();
+    let children: Vec<_> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut args = t.run_args("defender-alerts", true, &["--instance", &format!("t{i}")]);
+            let at = args.iter().position(|a| a == "--state").unwrap();
+            args[at + 1] = state.clone();
+            support::host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    while !Path::new(&state).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..20 {
+        let status = run_host(&["status", "--state", &state]);
+        assert!(status.status.success(), "{}", text(&status.stderr));
+    }
+    for (child, (sim, tenant)) in children.into_iter().zip(sims.iter().zip(&tenants)) {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_exactly_once(Path::new(&tenant.path("out.jsonl")), sim);
+    }
+}
