@@ -114,7 +114,7 @@ enum Command {
         limits: LimitArgs,
     },
     /// Prints each instance of a state file with its health: last success, lag (now minus
-    /// the newest event time), events, HTTP calls (tokens included), throttled polls, time
+    /// the newest event time), events, HTTP calls (tokens included), 429 responses, time
     /// spent waiting on the API, consecutive failures and the last error.
     Status {
         #[arg(long)]

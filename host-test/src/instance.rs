@@ -55,6 +55,8 @@ pub struct PollResult {
     pub kv: KvWrites,
     /// HTTP requests made during the poll.
     pub requests: u64,
+    /// Of those, responses that were 429.
+    pub throttled: u64,
 }
 
 pub struct Instance {
@@ -176,7 +178,10 @@ impl Instance {
     }
 
     pub fn poll(&mut self, cursor: Option<&str>) -> Result<PollResult, InstanceError> {
-        let before = self.store.data().http.requests;
+        let (requests, throttled) = {
+            let http = &self.store.data().http;
+            (http.requests, http.throttled)
+        };
         let outcome = self.call("poll", |w, s| {
             w.secops_connector_connector().call_poll(s, cursor)
         })?;
@@ -185,7 +190,8 @@ impl Instance {
             outcome,
             emitted: std::mem::take(&mut s.emitted),
             kv: std::mem::take(&mut s.kv.staged),
-            requests: s.http.requests - before,
+            requests: s.http.requests - requests,
+            throttled: s.http.throttled - throttled,
         })
     }
 }

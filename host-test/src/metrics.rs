@@ -79,8 +79,8 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
         "HTTP calls to Graph and the login host",
     );
     let throttled = counter(
-        "connector_throttled_polls",
-        "Polls that ended throttled (429/503 with Retry-After)",
+        "connector_throttled_responses",
+        "Graph responses that were 429 Too Many Requests",
     );
     let waited = counter(
         "connector_api_wait_seconds",

@@ -327,7 +327,7 @@ impl Runner {
                     requests: 0,
                     message: Some(e.to_string()),
                 };
-                self.write_health(&record, false);
+                self.write_health(&record, false, 0);
                 self.record(record);
                 return Ok(Step::Failed {
                     message: e.to_string(),
@@ -335,11 +335,12 @@ impl Runner {
             }
         };
         self.instance = Some(instance);
-        let requests = result.requests;
-        let throttled = matches!(result.outcome, Err(PollError::RateLimited(_)));
+        let (requests, throttled) = (result.requests, result.throttled);
+        let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
         let redact = |m: &str| self.setup.redactor.redact(m);
         let (step, record) = match result.outcome {
-            Ok(batch) => match self.commit(result.emitted, batch, result.kv, requests) {
+            Ok(batch) => match self.commit(result.emitted, batch, result.kv, (requests, throttled))
+            {
                 Ok((events, more, wait)) => {
                     // The commit wrote this poll's health record in its transaction.
                     let record = PollRecord {
@@ -387,17 +388,17 @@ impl Runner {
                 failed("fatal", message, requests)
             }
         };
-        self.write_health(&record, throttled);
+        self.write_health(&record, rate_limited, throttled);
         self.record(record);
         Ok(step)
     }
 
     /// Adds a failed poll to the instance's health record (`connector-host status`). A
     /// failure to write it is worth a warning, not a failed poll.
-    fn write_health(&self, r: &PollRecord, throttled: bool) {
+    fn write_health(&self, r: &PollRecord, rate_limited: bool, throttled: u64) {
         let at = self.now_rfc3339();
         let code = match r.outcome {
-            "retry" if throttled => "throttled",
+            "retry" if rate_limited => "throttled",
             "retry" => "transient",
             other => other,
         };
@@ -427,7 +428,7 @@ impl Runner {
         emitted: Vec<Event>,
         batch: Batch,
         kv: crate::state::KvWrites,
-        requests: u64,
+        (requests, throttled): (u64, u64),
     ) -> Result<(usize, bool, Option<u32>), CommitError> {
         let events: Vec<Event> = emitted.into_iter().chain(batch.events).collect();
         // RFC 3339 with milliseconds: comparable as text in the health record.
@@ -449,7 +450,7 @@ impl Runner {
             ok: true,
             events: events.len() as u64,
             requests,
-            throttled: false,
+            throttled,
             error: None,
             code: None,
             newest_event: newest.as_deref(),

@@ -403,7 +403,7 @@ fn record_failure(
         ok: false,
         events: 0,
         requests: 0,
-        throttled: false,
+        throttled: 0,
         error: Some(message),
         code: Some(code),
         newest_event: None,

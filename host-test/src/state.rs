@@ -69,7 +69,8 @@ pub struct PollHealth<'a> {
     pub ok: bool,
     pub events: u64,
     pub requests: u64,
-    pub throttled: bool,
+    /// Responses that were 429.
+    pub throttled: u64,
     pub error: Option<&'a str>,
     /// A short code for the failure (`throttled`, `transient`, `auth`, `fatal`, `trap`,
     /// `config`, `host`, `instance-file`): a metric label, where the message cannot be.
@@ -460,7 +461,7 @@ fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite:
             h.newest_event,
             h.events,
             h.requests,
-            u64::from(h.throttled),
+            h.throttled,
             h.error,
             h.code
         ],
@@ -490,7 +491,7 @@ mod tests {
                     ok: true,
                     events: 2,
                     requests: 1,
-                    throttled: false,
+                    throttled: 0,
                     error: None,
                     code: None,
                     newest_event: Some("2026-11-20T11:00:00.000Z"),
@@ -558,7 +559,7 @@ mod tests {
             ok: false,
             events: 0,
             requests: 0,
-            throttled: false,
+            throttled: 0,
             error: Some("no such component"),
             code: Some("host"),
             newest_event: None,

@@ -275,6 +275,16 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     ] {
         assert!(m.contains(line), "{line} missing from the metrics:\n{m}");
     }
+    let throttled_responses: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"connector_throttled_responses_total{instance="throttled",connector="defender-alerts"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(throttled_responses >= 1.0, "429s counted:\n{m}");
 
     // Hot reload: a new file starts an instance, a changed backfill is refused for that
     // instance only, a removed file stops its instance.

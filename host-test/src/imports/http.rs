@@ -28,6 +28,8 @@ pub struct HttpContext {
     pub body_cap: u64,
     /// Requests sent during the instance's life (for reports).
     pub requests: u64,
+    /// Responses that were 429 Too Many Requests (for health and metrics).
+    pub throttled: u64,
 }
 
 /// The origins (scheme, host, port) an instance may reach.
@@ -145,6 +147,9 @@ impl HostState {
             .send(request, timeout, self.http.body_cap)?;
         if self.http.allow.is_login(&url) {
             self.redactor.add_token_response(&response.body);
+        }
+        if response.status == 429 {
+            self.http.throttled += 1;
         }
         Ok(response)
     }

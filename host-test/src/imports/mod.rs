@@ -118,6 +118,7 @@ impl HostState {
                 timeout_cap: w.http_timeout_cap,
                 body_cap: w.http_body_cap,
                 requests: 0,
+                throttled: 0,
             },
             secrets: w.secrets,
             kv: kv::KvContext::new(w.instance, w.state),
