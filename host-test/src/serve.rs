@@ -49,6 +49,37 @@ pub struct InstanceFile {
     pub secrets: Option<PathBuf>,
     /// Seconds between polls; default: the connector's suggestion.
     pub interval_secs: Option<u64>,
+    /// This instance's limits, where they differ from `serve`'s flags.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+/// Per-instance limits; each unset one is `serve`'s (its `--memory-mb` and so on).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub memory_mb: Option<usize>,
+    pub deadline_secs: Option<u64>,
+    pub http_timeout_secs: Option<u64>,
+    pub max_body_mb: Option<u64>,
+}
+
+impl LimitOverrides {
+    fn apply(&self, mut limits: Limits) -> Limits {
+        if let Some(mb) = self.memory_mb {
+            limits.memory_bytes = mb << 20;
+        }
+        if let Some(s) = self.deadline_secs {
+            limits.deadline = Duration::from_secs(s);
+        }
+        if let Some(s) = self.http_timeout_secs {
+            limits.http_timeout = Duration::from_secs(s);
+        }
+        if let Some(mb) = self.max_body_mb {
+            limits.http_body_bytes = mb << 20;
+        }
+        limits
+    }
 }
 
 pub struct ServeOptions {
@@ -304,7 +335,7 @@ impl<'a> Server<'a> {
             self.state.clone(),
         );
         setup.transport = self.options.transport.clone();
-        setup.limits = self.options.limits.clone();
+        setup.limits = spec.limits.apply(self.options.limits.clone());
         let stop = setup.stop.clone();
         let out = match &self.options.out {
             Some(dir) => dir.join(format!("{name}.jsonl")),

@@ -137,6 +137,8 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
                 "component": support::component_wasm("misbehaving-connector"),
                 "config": {"mode": mode},
                 "interval_secs": 1,
+                // Its own limit: the others keep serve's (60 s).
+                "limits": {"deadline_secs": 2},
             }),
         );
     }
@@ -165,8 +167,6 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         "--rescan-secs",
         "3600",
         "--http-timeout-secs",
-        "2",
-        "--deadline-secs",
         "2",
         "--log-level",
         "debug",
@@ -262,6 +262,10 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     }
     assert!(
         status_of(&state, "ghost").contains("no-such.wasm"),
+        "{table}"
+    );
+    assert!(
+        status_of(&state, "spin").contains("deadline of 2 s"),
         "{table}"
     );
     let m = metrics(port);
