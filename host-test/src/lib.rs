@@ -5,7 +5,8 @@
 //! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`).
 //! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines.
 //! - [`runner`]: the poll loop and its delivery guarantees; [`fixture`]: replay of recorded
-//!   HTTP exchanges; [`cli`]: the `connector-host` command line.
+//!   HTTP exchanges; [`record`]: recording them from a real tenant, scrubbed; [`cli`]: the
+//!   `connector-host` command line.
 
 pub mod bindings;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod fixture;
 pub mod imports;
 pub mod instance;
+pub mod record;
 pub mod redact;
 pub mod runner;
 pub mod secrets;

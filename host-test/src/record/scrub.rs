@@ -1,0 +1,388 @@
+//! What the recorder removes from a recording before it touches disk: the client secret,
+//! every issued token, the tenant and client IDs, and the values of named JSON fields.
+//!
+//! It works in two passes over the whole scenario. The first looks inside response bodies:
+//! token responses get synthetic tokens, named fields get placeholders, and each real value
+//! met is remembered. The second replaces every remembered value wherever it occurs, in
+//! any string or key of the document (URLs, free text, error messages), so a value that
+//! leaked into an unnamed field goes too, and a placeholder is the same everywhere it
+//! stands for one value (ids still line up, next links still match their requests).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+/// Stand-ins written into a recorded fixture. Valid GUIDs, so the recorded config passes
+/// the connectors' checks on replay.
+pub const TENANT_PLACEHOLDER: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+pub const CLIENT_PLACEHOLDER: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
+
+/// Token claims a recorded token keeps: the connectors read `roles` (what `validate`
+/// checks); the audience and delegated scopes say nothing about the tenant. Everything
+/// else (object ids, names, IP address, tenant region) is dropped.
+const KEPT_CLAIMS: &[&str] = &["aud", "roles", "scp"];
+
+/// Token fields of an OAuth token response.
+const TOKEN_FIELDS: &[&str] = &["access_token", "refresh_token", "id_token"];
+
+/// A remembered value shorter than this is replaced only where it is a named field's
+/// whole value, not inside other text: replacing "US" or "10.0.0.1" everywhere would
+/// garble unrelated strings. Secrets, tokens and IDs are replaced whatever their length.
+const MIN_FREE_TEXT_LEN: usize = 6;
+
+pub struct Scrubber {
+    /// Real value -> placeholder, replaced everywhere (ASCII case-insensitively: Graph
+    /// writes GUIDs in lower case whatever case the config used).
+    everywhere: BTreeMap<String, String>,
+    fields: BTreeSet<String>,
+    /// Named fields' values -> placeholders, in the order first met.
+    field_values: BTreeMap<String, String>,
+    tokens: usize,
+    /// What must not survive, and what to call it if it did.
+    sensitive: Vec<(&'static str, String)>,
+}
+
+impl Scrubber {
+    /// `secrets` are (name, value) pairs; `fields` the JSON field names whose values to
+    /// replace in response bodies.
+    pub fn new<'a>(
+        tenant_id: &str,
+        client_id: &str,
+        secrets: impl IntoIterator<Item = (&'a str, &'a str)>,
+        fields: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut s = Scrubber {
+            everywhere: BTreeMap::new(),
+            fields: fields.into_iter().collect(),
+            field_values: BTreeMap::new(),
+            tokens: 0,
+            sensitive: Vec::new(),
+        };
+        for (name, value) in secrets {
+            s.replace_everywhere(value, &secret_placeholder(name));
+            s.sensitive.push(("a secret", value.to_string()));
+        }
+        s.replace_everywhere(tenant_id, TENANT_PLACEHOLDER);
+        s.replace_everywhere(client_id, CLIENT_PLACEHOLDER);
+        s.sensitive.push(("the tenant ID", tenant_id.to_string()));
+        s.sensitive.push(("the client ID", client_id.to_string()));
+        s
+    }
+
+    /// What of the secrets, tokens, IDs and (long enough) field values still occurs in
+    /// `text`: a last check of the serialized recording before it is written.
+    pub fn leftover(&self, text: &str) -> Option<&'static str> {
+        let text = text.to_ascii_lowercase();
+        let fields = self
+            .field_values
+            .keys()
+            .filter(|v| v.len() >= MIN_FREE_TEXT_LEN)
+            .map(|v| ("a redacted field's value", v));
+        self.sensitive
+            .iter()
+            .map(|(what, v)| (*what, v))
+            .chain(fields)
+            .find(|(_, v)| !v.is_empty() && text.contains(&v.to_ascii_lowercase()))
+            .map(|(what, _)| what)
+    }
+
+    fn replace_everywhere(&mut self, value: &str, placeholder: &str) {
+        if value.is_empty() {
+            return;
+        }
+        self.everywhere
+            .entry(value.to_string())
+            .or_insert_with(|| placeholder.to_string());
+        // The same value percent-encoded, as it appears in a URL or a form body.
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        for variant in [encoded.clone(), encoded.replace('+', "%20")] {
+            if variant != value {
+                self.everywhere
+                    .entry(variant)
+                    .or_insert_with(|| placeholder.to_string());
+            }
+        }
+    }
+
+    /// First pass, one response body: replaces the tokens of a token response by
+    /// synthetic ones and named fields' values by placeholders, remembering the real values.
+    pub fn scrub_body(&mut self, body: &mut Value) {
+        if let Value::Object(map) = body {
+            for field in TOKEN_FIELDS {
+                let real = match map.get(*field) {
+                    Some(Value::String(real)) if !real.is_empty() => real.clone(),
+                    _ => continue,
+                };
+                self.tokens += 1;
+                let fake = if *field == "access_token" {
+                    self.synthetic_jwt(&real)
+                } else {
+                    format!("recorded-{}-{}", field.replace('_', "-"), self.tokens)
+                };
+                self.replace_everywhere(&real, &fake);
+                self.sensitive.push(("a token", real));
+                map.insert((*field).to_string(), Value::String(fake));
+            }
+        }
+        self.scrub_fields(body);
+    }
+
+    /// An unsigned JWT that carries only [`KEPT_CLAIMS`] of the real token (the
+    /// connectors read its `roles`), unique per token issued.
+    fn synthetic_jwt(&self, real: &str) -> String {
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims: Map<String, Value> = real
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p.trim_end_matches('='))
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| KEPT_CLAIMS.contains(&k.as_str()))
+            .collect();
+        format!(
+            "{}.{}.recorded-{}",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&Value::Object(claims)),
+            self.tokens
+        )
+    }
+
+    fn scrub_fields(&mut self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if self.fields.contains(key) {
+                        self.replace_named(key, v);
+                    } else {
+                        self.scrub_fields(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_fields(v)),
+            _ => {}
+        }
+    }
+
+    /// A named field's value: strings get placeholders (one per distinct value), numbers
+    /// become 0 (coordinates, counts), whatever the nesting.
+    fn replace_named(&mut self, field: &str, value: &mut Value) {
+        match value {
+            Value::String(real) if !real.is_empty() => {
+                let n = self.field_values.len() + 1;
+                let placeholder = self
+                    .field_values
+                    .entry(real.clone())
+                    .or_insert_with(|| format!("redacted-{field}-{n}"))
+                    .clone();
+                *real = placeholder;
+            }
+            Value::Number(_) => *value = json!(0),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.replace_named(field, v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.replace_named(field, v)),
+            _ => {}
+        }
+    }
+
+    /// Second pass, the whole document: every remembered value, in every string and key.
+    pub fn replace_all(&self, value: &mut Value) {
+        let mut pairs: Vec<(&str, &str)> = self
+            .everywhere
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                self.field_values
+                    .iter()
+                    .filter(|(k, _)| k.len() >= MIN_FREE_TEXT_LEN)
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .collect();
+        // Longest first, so a value that contains another is replaced whole.
+        pairs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        replace_in(value, &pairs);
+    }
+
+    /// The placeholder of each secret, by name: the `secrets` of the recorded scenario.
+    pub fn secrets_section<'a>(names: impl IntoIterator<Item = &'a str>) -> Value {
+        Value::Object(
+            names
+                .into_iter()
+                .map(|n| (n.to_string(), Value::String(secret_placeholder(n))))
+                .collect(),
+        )
+    }
+}
+
+fn secret_placeholder(name: &str) -> String {
+    format!("recorded-{name}")
+}
+
+fn replace_in(value: &mut Value, pairs: &[(&str, &str)]) {
+    match value {
+        Value::String(s) => *s = replace_text(s, pairs),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_in(v, pairs)),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut v) in old {
+                replace_in(&mut v, pairs);
+                map.insert(replace_text(&k, pairs), v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` with every needle replaced, ignoring ASCII case. ASCII lower-casing keeps byte
+/// offsets, so matches found in the lowered copy are valid offsets into the original.
+pub fn replace_text(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = text.to_string();
+    for (needle, with) in pairs {
+        let needle = needle.to_ascii_lowercase();
+        if needle.is_empty() || !out.to_ascii_lowercase().contains(&needle) {
+            continue;
+        }
+        let lowered = out.to_ascii_lowercase();
+        let mut next = String::with_capacity(out.len());
+        let mut at = 0;
+        for (i, _) in lowered.match_indices(&needle) {
+            next.push_str(&out[at..i]);
+            next.push_str(with);
+            at = i + needle.len();
+        }
+        next.push_str(&out[at..]);
+        out = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: &str = "8F6B2A4E-0C1D-4E5F-9A7B-3C2D1E0F4A5B";
+    const CLIENT: &str = "2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e";
+    const SECRET: &str = "s3cret~value+with/odd=chars";
+
+    fn jwt(claims: Value) -> String {
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.sig", b64(json!({"alg": "RS256"})), b64(claims))
+    }
+
+    fn scrubber(fields: &[&str]) -> Scrubber {
+        Scrubber::new(
+            TENANT,
+            CLIENT,
+            [("client-secret", SECRET)],
+            fields.iter().map(|f| f.to_string()),
+        )
+    }
+
+    #[test]
+    fn a_token_response_gets_a_synthetic_token_with_only_the_roles() {
+        let mut s = scrubber(&[]);
+        let real = jwt(
+            json!({"tid": TENANT, "appid": CLIENT, "oid": "0a1b", "ipaddr": "203.0.113.9",
+            "roles": ["SecurityAlert.Read.All"], "aud": "https://graph.microsoft.com"}),
+        );
+        let mut body = json!({"token_type": "Bearer", "expires_in": 3599, "access_token": real,
+            "refresh_token": "rt-secret-value"});
+        s.scrub_body(&mut body);
+        // The real token echoed somewhere else goes too.
+        let mut doc =
+            json!({"body": body, "echo": format!("Bearer {real}"), "rt": "x rt-secret-value"});
+        s.replace_all(&mut doc);
+        let text = doc.to_string();
+        assert!(
+            !text.contains(&real) && !text.contains("rt-secret-value"),
+            "{text}"
+        );
+        let fake = doc["body"]["access_token"].as_str().unwrap();
+        assert!(fake.ends_with(".recorded-1"), "{fake}");
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(fake.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            claims,
+            json!({"roles": ["SecurityAlert.Read.All"], "aud": "https://graph.microsoft.com"})
+        );
+        assert_eq!(doc["echo"], format!("Bearer {fake}"));
+        assert_eq!(doc["body"]["expires_in"], 3599);
+    }
+
+    #[test]
+    fn ids_and_the_secret_are_replaced_in_any_case_and_percent_encoded() {
+        let s = scrubber(&[]);
+        let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+        let mut doc = json!({
+            "url": format!("https://login.microsoftonline.com/{}/oauth2/v2.0/token", TENANT.to_lowercase()),
+            "form": format!("client_id={CLIENT}&client_secret={encoded}"),
+            "upper": CLIENT.to_uppercase(),
+            TENANT: "as a key",
+        });
+        s.replace_all(&mut doc);
+        assert_eq!(
+            doc,
+            json!({
+                "url": format!("https://login.microsoftonline.com/{TENANT_PLACEHOLDER}/oauth2/v2.0/token"),
+                "form": format!("client_id={CLIENT_PLACEHOLDER}&client_secret=recorded-client-secret"),
+                "upper": CLIENT_PLACEHOLDER,
+                TENANT_PLACEHOLDER: "as a key",
+            })
+        );
+    }
+
+    #[test]
+    fn named_fields_get_stable_placeholders_that_follow_the_value_everywhere() {
+        let mut s = scrubber(&["userPrincipalName", "location"]);
+        let mut page = json!({"value": [
+            {"id": "1", "userPrincipalName": "alice@contoso.example",
+             "location": {"city": "Oslo", "geo": {"latitude": 59.9}}},
+            {"id": "2", "userPrincipalName": "bob@contoso.example"},
+            {"id": "3", "userPrincipalName": "alice@contoso.example",
+             "description": "Sign-in by alice@contoso.example from Oslo"},
+        ]});
+        s.scrub_body(&mut page);
+        s.replace_all(&mut page);
+        let v = &page["value"];
+        assert_eq!(v[0]["userPrincipalName"], v[2]["userPrincipalName"]);
+        assert_ne!(v[0]["userPrincipalName"], v[1]["userPrincipalName"]);
+        assert_eq!(v[0]["location"]["geo"]["latitude"], 0);
+        assert_eq!(v[0]["id"], "1");
+        let text = page.to_string();
+        assert!(!text.contains("alice@") && !text.contains("bob@"), "{text}");
+        // "Oslo" is too short to replace inside free text; its field value is replaced.
+        assert_ne!(v[0]["location"]["city"], "Oslo");
+        assert_eq!(
+            v[2]["description"],
+            format!(
+                "Sign-in by {} from Oslo",
+                v[0]["userPrincipalName"].as_str().unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn a_value_containing_another_is_replaced_whole() {
+        let s = Scrubber::new(
+            "tenant.example",
+            "",
+            [("short", "abcdef"), ("long", "abcdef-long")],
+            [],
+        );
+        let mut doc = json!(["x abcdef-long y ABCDEF z", "nothing here"]);
+        s.replace_all(&mut doc);
+        assert_eq!(
+            doc,
+            json!(["x recorded-long y recorded-short z", "nothing here"])
+        );
+    }
+}
