@@ -228,8 +228,8 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
                 "ok".to_string()
             }
         };
-        if outcome.starts_with("error: invalid-config") {
-            return Err(RecordError::Config(outcome));
+        if let Some(cause) = outcome.strip_prefix("error: invalid-config: ") {
+            return Err(RecordError::Config(cause.to_string()));
         }
         let failed = outcome != "ok";
         if failed {
@@ -247,6 +247,7 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
         &config.client_id,
         base.secrets.iter(),
         options.redact_fields.iter().cloned(),
+        &[&config.login_base, &config.graph_base],
     );
     let mut steps = Vec::new();
     for (action, now, _, exchanges) in &recorded {
@@ -275,10 +276,10 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
         "steps": steps,
     });
     scrubber.replace_all(&mut doc);
-    let text = serde_json::to_string_pretty(&doc).expect("a JSON value serializes") + "\n";
-    if let Some(what) = scrubber.leftover(&text) {
+    if let Some(what) = scrubber.leftover(&doc) {
         return Err(RecordError::Leak(what));
     }
+    let text = serde_json::to_string_pretty(&doc).expect("a JSON value serializes") + "\n";
     if let Err(e) = serde_json::from_str::<Scenario>(&text) {
         return Err(RecordError::Unrecordable(format!(
             "the scenario written would not replay ({e}); a bug of connector-host"

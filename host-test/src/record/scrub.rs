@@ -7,6 +7,11 @@
 //! any string or key of the document (URLs, free text, error messages), so a value that
 //! leaked into an unnamed field goes too, and a placeholder is the same everywhere it
 //! stands for one value (ids still line up, next links still match their requests).
+//!
+//! Links (the `url` of a `request`, `@odata.nextLink` and `@odata.deltaLink`, when they
+//! point to the instance's own login or Graph host) keep the values of named fields: the
+//! connector builds them (its filters, e.g. `riskLevel eq 'medium'`) or follows them, and
+//! the replay must see them unchanged. Secrets, tokens and IDs are replaced in them too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,16 +46,19 @@ pub struct Scrubber {
     tokens: usize,
     /// What must not survive, and what to call it if it did.
     sensitive: Vec<(&'static str, String)>,
+    /// The login and Graph bases (lower case): URLs under them are links.
+    hosts: Vec<String>,
 }
 
 impl Scrubber {
     /// `secrets` are (name, value) pairs; `fields` the JSON field names whose values to
-    /// replace in response bodies.
+    /// replace in response bodies; `hosts` the login and Graph bases of the instance.
     pub fn new<'a>(
         tenant_id: &str,
         client_id: &str,
         secrets: impl IntoIterator<Item = (&'a str, &'a str)>,
         fields: impl IntoIterator<Item = String>,
+        hosts: &[&str],
     ) -> Self {
         let mut s = Scrubber {
             everywhere: BTreeMap::new(),
@@ -58,6 +66,11 @@ impl Scrubber {
             field_values: BTreeMap::new(),
             tokens: 0,
             sensitive: Vec::new(),
+            hosts: hosts
+                .iter()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.trim_end_matches('/').to_ascii_lowercase() + "/")
+                .collect(),
         };
         for (name, value) in secrets {
             s.replace_everywhere(value, &secret_placeholder(name));
@@ -71,20 +84,55 @@ impl Scrubber {
     }
 
     /// What of the secrets, tokens, IDs and (long enough) field values still occurs in
-    /// `text`: a last check of the serialized recording before it is written.
-    pub fn leftover(&self, text: &str) -> Option<&'static str> {
-        let text = text.to_ascii_lowercase();
-        let fields = self
+    /// `doc`, in any string or key (field values: outside links): a last check of the
+    /// recording before it is written.
+    pub fn leftover(&self, doc: &Value) -> Option<&'static str> {
+        let sensitive: Vec<(&'static str, String)> = self
+            .sensitive
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(what, v)| (*what, v.to_ascii_lowercase()))
+            .collect();
+        let fields: Vec<String> = self
             .field_values
             .keys()
             .filter(|v| v.len() >= MIN_FREE_TEXT_LEN)
-            .map(|v| ("a redacted field's value", v));
-        self.sensitive
-            .iter()
-            .map(|(what, v)| (*what, v))
-            .chain(fields)
-            .find(|(_, v)| !v.is_empty() && text.contains(&v.to_ascii_lowercase()))
-            .map(|(what, _)| what)
+            .map(|v| v.to_ascii_lowercase())
+            .collect();
+        let mut found = None;
+        self.each_string(doc, ("", ""), &mut |text, link| {
+            let text = text.to_ascii_lowercase();
+            if let Some((what, _)) = sensitive.iter().find(|(_, v)| text.contains(v)) {
+                found = found.or(Some(*what));
+            } else if !link && fields.iter().any(|v| text.contains(v)) {
+                found = found.or(Some("a redacted field's value"));
+            }
+        });
+        found
+    }
+
+    /// Whether `text`, the value of `key` in an object that is itself the value of
+    /// `within`, is a link.
+    fn is_link(&self, within: &str, key: &str, text: &str) -> bool {
+        let link_key = matches!(key, "@odata.nextLink" | "@odata.deltaLink")
+            || (within == "request" && key == "url");
+        let lowered = text.to_ascii_lowercase();
+        link_key && self.hosts.iter().any(|h| lowered.starts_with(h))
+    }
+
+    /// Calls `f` with every string and key of `value`, and whether it is a link.
+    fn each_string(&self, value: &Value, at: (&str, &str), f: &mut impl FnMut(&str, bool)) {
+        match value {
+            Value::String(s) => f(s, self.is_link(at.0, at.1, s)),
+            Value::Array(items) => items.iter().for_each(|v| self.each_string(v, ("", ""), f)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    f(k, false);
+                    self.each_string(v, (at.1, k), f);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn replace_everywhere(&mut self, value: &str, placeholder: &str) {
@@ -190,12 +238,17 @@ impl Scrubber {
         }
     }
 
-    /// Second pass, the whole document: every remembered value, in every string and key.
+    /// Second pass, the whole document: every remembered value, in every string and key
+    /// (in links: only secrets, tokens and IDs).
     pub fn replace_all(&self, value: &mut Value) {
-        let mut pairs: Vec<(&str, &str)> = self
+        let mut ids: Vec<(&str, &str)> = self
             .everywhere
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut all: Vec<(&str, &str)> = ids
+            .iter()
+            .copied()
             .chain(
                 self.field_values
                     .iter()
@@ -204,8 +257,40 @@ impl Scrubber {
             )
             .collect();
         // Longest first, so a value that contains another is replaced whole.
-        pairs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
-        replace_in(value, &pairs);
+        ids.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        all.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        self.replace_in(value, ("", ""), &all, &ids);
+    }
+
+    /// `at`: the key of the enclosing object and the key of `value` (see [`Self::is_link`]).
+    fn replace_in(
+        &self,
+        value: &mut Value,
+        at: (&str, &str),
+        all: &[(&str, &str)],
+        ids: &[(&str, &str)],
+    ) {
+        match value {
+            Value::String(s) => {
+                let pairs = if self.is_link(at.0, at.1, s) {
+                    ids
+                } else {
+                    all
+                };
+                *s = replace_text(s, pairs);
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|v| self.replace_in(v, ("", ""), all, ids)),
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut v) in old {
+                    self.replace_in(&mut v, (at.1, &k), all, ids);
+                    map.insert(replace_text(&k, all), v);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The placeholder of each secret, by name: the `secrets` of the recorded scenario.
@@ -221,21 +306,6 @@ impl Scrubber {
 
 fn secret_placeholder(name: &str) -> String {
     format!("recorded-{name}")
-}
-
-fn replace_in(value: &mut Value, pairs: &[(&str, &str)]) {
-    match value {
-        Value::String(s) => *s = replace_text(s, pairs),
-        Value::Array(items) => items.iter_mut().for_each(|v| replace_in(v, pairs)),
-        Value::Object(map) => {
-            let old = std::mem::take(map);
-            for (k, mut v) in old {
-                replace_in(&mut v, pairs);
-                map.insert(replace_text(&k, pairs), v);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// `text` with every needle replaced, ignoring ASCII case. ASCII lower-casing keeps byte
@@ -280,6 +350,10 @@ mod tests {
             CLIENT,
             [("client-secret", SECRET)],
             fields.iter().map(|f| f.to_string()),
+            &[
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+            ],
         )
     }
 
@@ -377,6 +451,7 @@ mod tests {
             "",
             [("short", "abcdef"), ("long", "abcdef-long")],
             [],
+            &[],
         );
         let mut doc = json!(["x abcdef-long y ABCDEF z", "nothing here"]);
         s.replace_all(&mut doc);
@@ -384,5 +459,41 @@ mod tests {
             doc,
             json!(["x recorded-long y recorded-short z", "nothing here"])
         );
+    }
+
+    #[test]
+    fn links_keep_field_values_the_connector_filters_on_but_lose_ids() {
+        let mut s = scrubber(&["riskLevel"]);
+        let filter = "https://graph.microsoft.com/v1.0/auditLogs/signIns?$filter=riskLevel%20eq%20%27medium%27";
+        let mut page = json!({"value": [{"id": "1", "riskLevel": "medium",
+            "note": "a medium risk"}],
+            "@odata.nextLink": format!("{filter}&$skiptoken={TENANT}")});
+        s.scrub_body(&mut page);
+        let mut doc = json!({"request": {"url": filter}, "response": page});
+        s.replace_all(&mut doc);
+        assert_eq!(doc["request"]["url"], filter);
+        assert_eq!(
+            doc["response"]["@odata.nextLink"],
+            format!("{filter}&$skiptoken={TENANT_PLACEHOLDER}")
+        );
+        let placeholder = doc["response"]["value"][0]["riskLevel"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(placeholder, "redacted-riskLevel-1");
+        assert_eq!(
+            doc["response"]["value"][0]["note"],
+            format!("a {placeholder} risk")
+        );
+        assert_eq!(s.leftover(&doc), None);
+        // A Graph URL in a payload field is no link: the value goes.
+        let mut payload = json!({"self": format!("{filter}&x=1")});
+        s.replace_all(&mut payload);
+        assert!(!payload.to_string().contains("medium"), "{payload}");
+        // Outside a link the value, and the tenant anywhere, are caught.
+        doc["response"]["value"][0]["note"] = json!("medium");
+        assert_eq!(s.leftover(&doc), Some("a redacted field's value"));
+        doc["request"]["url"] = json!(format!("{filter}&t={}", TENANT.to_lowercase()));
+        assert_eq!(s.leftover(&doc), Some("the tenant ID"));
     }
 }
