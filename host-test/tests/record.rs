@@ -278,6 +278,58 @@ fn a_recorded_entra_run_with_validation_redacts_user_names_and_replays() {
 }
 
 #[test]
+fn a_failed_validation_is_recorded_alone_and_replays() {
+    let sim = GraphSim::start(Behaviour::default());
+    let files = Tenant::new(&sim);
+    let wrong = "not-the-secret-Z9~x";
+    write_json(
+        &files.dir.path().join("secrets.json"),
+        &json!({"client-secret": wrong}),
+    );
+    let fixture = files.dir.path().join("refused");
+    let fixture_s = fixture.to_str().unwrap();
+    let out = record(
+        &files,
+        "defender-alerts",
+        fixture_s,
+        &files.path("o.jsonl"),
+        &["--validate"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid-secret") && !err.contains(wrong),
+        "{err}"
+    );
+    let bytes = all_bytes(&fixture);
+    let fixture_text = String::from_utf8_lossy(&bytes);
+    for value in [wrong, graph_sim::TENANT, graph_sim::CLIENT] {
+        assert!(
+            !fixture_text.contains(value),
+            "{value} survives: {fixture_text}"
+        );
+    }
+    let scenario: Value = serde_json::from_slice(&bytes).unwrap();
+    let steps = scenario["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "no poll after a failed validation");
+    assert_eq!(steps[0]["action"], "validate");
+    assert_eq!(steps[0]["exchanges"][0]["response"]["status"], 401);
+
+    let replayed = replay("defender-alerts", fixture_s, &files.path("r.jsonl"));
+    assert_eq!(
+        replayed.status.code(),
+        Some(0),
+        "{}",
+        text(&replayed.stderr)
+    );
+    assert!(
+        text(&replayed.stderr).contains("invalid-secret"),
+        "{}",
+        text(&replayed.stderr)
+    );
+}
+
+#[test]
 fn a_fixture_directory_that_is_not_empty_is_refused_unless_forced() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 3, Duration::from_secs(3600));

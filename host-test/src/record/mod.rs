@@ -272,7 +272,7 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
     let mut doc = json!({
         "description": description,
         "config": config_doc,
-        "secrets": Scrubber::secrets_section(base.secrets.iter().map(|(name, _)| name)),
+        "secrets": Scrubber::secrets_section(base.secrets.iter()),
         "steps": steps,
     });
     scrubber.replace_all(&mut doc);

@@ -73,7 +73,7 @@ impl Scrubber {
                 .collect(),
         };
         for (name, value) in secrets {
-            s.replace_everywhere(value, &secret_placeholder(name));
+            s.replace_everywhere(value, &secret_placeholder(name, value));
             s.sensitive.push(("a secret", value.to_string()));
         }
         s.replace_everywhere(tenant_id, TENANT_PLACEHOLDER);
@@ -293,19 +293,25 @@ impl Scrubber {
         }
     }
 
-    /// The placeholder of each secret, by name: the `secrets` of the recorded scenario.
-    pub fn secrets_section<'a>(names: impl IntoIterator<Item = &'a str>) -> Value {
+    /// The placeholder of each (name, value) secret: the `secrets` of the recorded scenario.
+    pub fn secrets_section<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
         Value::Object(
-            names
+            secrets
                 .into_iter()
-                .map(|n| (n.to_string(), Value::String(secret_placeholder(n))))
+                .map(|(n, v)| (n.to_string(), Value::String(secret_placeholder(n, v))))
                 .collect(),
         )
     }
 }
 
-fn secret_placeholder(name: &str) -> String {
-    format!("recorded-{name}")
+/// A secret that is a GUID stays one: `validate` tells a secret's ID (a GUID) from its
+/// value without asking the tenant, and the replay must take the same path.
+fn secret_placeholder(name: &str, value: &str) -> String {
+    if secops_connector::config::is_guid(value) {
+        "5ec2e700-0000-4000-8000-000000000000".into()
+    } else {
+        format!("recorded-{name}")
+    }
 }
 
 /// `text` with every needle replaced, ignoring ASCII case. ASCII lower-casing keeps byte
@@ -495,5 +501,26 @@ mod tests {
         assert_eq!(s.leftover(&doc), Some("a redacted field's value"));
         doc["request"]["url"] = json!(format!("{filter}&t={}", TENANT.to_lowercase()));
         assert_eq!(s.leftover(&doc), Some("the tenant ID"));
+    }
+
+    #[test]
+    fn a_secret_that_is_a_guid_gets_a_guid() {
+        let id = "11d1b6f6-5c3a-4c5e-9d3b-2f1e0a9b8c7d";
+        let s = Scrubber::new(TENANT, CLIENT, [("client-secret", id)], [], &[]);
+        let mut doc = json!({"secret": id});
+        s.replace_all(&mut doc);
+        let placeholder = doc["secret"].as_str().unwrap();
+        assert!(
+            secops_connector::config::is_guid(placeholder),
+            "{placeholder}"
+        );
+        assert_eq!(
+            Scrubber::secrets_section([("client-secret", id)]),
+            json!({"client-secret": placeholder})
+        );
+        assert_eq!(
+            Scrubber::secrets_section([("client-secret", SECRET)]),
+            json!({"client-secret": "recorded-client-secret"})
+        );
     }
 }
