@@ -179,13 +179,13 @@ impl Clock for RecordingClock {
 /// replaced by recording ones; its instance name should be the fixture directory's, as
 /// the replay names it.
 pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, RecordError> {
-    prepare_dir(&options.fixture, options.force)?;
     let (config, _) = secops_connector::config::parse(&base.config).map_err(|e| {
         RecordError::Config(
             base.redactor
                 .redact(&format!("{}: {} ({})", e.key, e.message, e.remedy)),
         )
     })?;
+    prepare_dir(&options.fixture, options.force)?;
     let network = base.transport.clone();
     let clock = VirtualClock::new(SystemTime::UNIX_EPOCH);
     let mut recorded = Vec::new();
