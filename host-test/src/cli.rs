@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{HostEngine, Limits, LoadedComponent};
 use crate::fixture::{ReplayOptions, ReplayReport, replay};
+use crate::record::{RecordOptions, record};
 use crate::runner::{RunError, RunSetup, Runner};
 use crate::secrets::Secrets;
 use crate::serve::{ServeOptions, Server};
@@ -110,6 +111,38 @@ enum Command {
         /// Seconds between reads of the instances directory.
         #[arg(long, default_value_t = 5)]
         rescan_secs: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Runs against the real tenant like `run --once` (from no state) and writes every HTTP
+    /// exchange as a fixture scenario that `replay` serves back, with the secret, tokens,
+    /// tenant and client IDs and the `--redact-field` values replaced by placeholders.
+    Record {
+        component: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        secrets: SecretArgs,
+        /// Directory to write `scenario.json` into; created if missing, refused if not
+        /// empty (see --force).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// Replace `scenario.json` in a directory that is not empty.
+        #[arg(long)]
+        force: bool,
+        /// A JSON field of the responses whose values are replaced by placeholders (the
+        /// same value, the same placeholder), e.g. userPrincipalName; repeatable.
+        #[arg(long = "redact-field", value_name = "NAME")]
+        redact_fields: Vec<String>,
+        /// Record a `validate` step before the poll (its probes and the token's roles).
+        #[arg(long)]
+        validate: bool,
+        /// The scenario's description (default: when it was recorded).
+        #[arg(long)]
+        description: Option<String>,
+        /// The recording run's events, unredacted (as `run` writes them); `-` is stdout.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -298,6 +331,53 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             options.rescan = Duration::from_secs(rescan_secs.max(1));
             options.limits = (&limits).into();
             serve(&engine, options, metrics)
+        }
+        Command::Record {
+            component,
+            config,
+            secrets,
+            fixture,
+            force,
+            redact_fields,
+            validate,
+            description,
+            out,
+            limits,
+        } => {
+            let component = load(&component)?;
+            // Named as the replay names it: after the fixture directory.
+            let instance = fixture
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "recording".into());
+            let base = setup(
+                component,
+                &config,
+                Some(instance),
+                &secrets,
+                Path::new(":memory:"),
+                (&limits).into(),
+            )?;
+            let options = RecordOptions {
+                fixture,
+                force,
+                redact_fields,
+                validate,
+                description,
+                out,
+            };
+            let report =
+                record(&base, &options).map_err(|e| Failure(e.exit_code(), e.to_string()))?;
+            for (action, outcome, exchanges) in &report.steps {
+                eprintln!("recorded {action:?}: {outcome} ({exchanges} exchanges)");
+            }
+            eprintln!("wrote {}", report.path.display());
+            match report.steps.last() {
+                Some((_, outcome, _)) if outcome != "ok" => {
+                    Err(Failure::connector("validation failed"))
+                }
+                _ => Ok(()),
+            }
         }
         Command::Status { .. } => unreachable!("handled above: needs no engine"),
         Command::Demo { scenario } => {

@@ -5,8 +5,9 @@
 //! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`).
 //! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines.
 //! - [`runner`]: the poll loop and its delivery guarantees; [`fixture`]: replay of recorded
-//!   HTTP exchanges; [`serve`]: many instances in one process, [`metrics`] their Prometheus
-//!   text; [`cli`]: the `connector-host` command line.
+//!   HTTP exchanges, [`record`]: recording them from a real tenant, scrubbed; [`serve`]: many
+//!   instances in one process, [`metrics`] their Prometheus text; [`progress`]: `run`'s
+//!   progress line; [`cli`]: the `connector-host` command line.
 
 pub mod bindings;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod imports;
 pub mod instance;
 pub mod metrics;
 pub mod progress;
+pub mod record;
 pub mod redact;
 pub mod runner;
 pub mod secrets;

@@ -53,6 +53,11 @@ impl Secrets {
         self.0.get(name).map(String::as_str)
     }
 
+    /// (name, value) of every secret.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Registers every value with the redactor, before anything can log it.
     pub fn register(&self, redactor: &Redactor) {
         for v in self.0.values() {

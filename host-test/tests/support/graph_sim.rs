@@ -528,10 +528,13 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
     }
     let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{}", url.path().trim_start_matches("/v1.0/")), "value": records});
     if skip + take < matching.len() {
-        let filter = q["$filter"].clone();
-        let enc: String = url::form_urlencoded::byte_serialize(filter.as_bytes())
-            .collect::<String>()
-            .replace('+', "%20");
+        // A request without `$filter` (a validation probe) pages all records.
+        let filter = q.get("$filter").map_or(String::new(), |f| {
+            let enc: String = url::form_urlencoded::byte_serialize(f.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20");
+            format!("$filter={enc}&")
+        });
         let orderby = q
             .get("$orderby")
             .map(|o| format!("&$orderby={}", o.replace(' ', "%20")))
@@ -542,7 +545,7 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             .clone()
             .unwrap_or_else(|| base.to_string());
         body["@odata.nextLink"] = json!(format!(
-            "{link_base}{}?$filter={enc}&$top={top}{orderby}&$skip={}",
+            "{link_base}{}?{filter}$top={top}{orderby}&$skip={}",
             url.path(),
             skip + take
         ));
