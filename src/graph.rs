@@ -92,10 +92,7 @@ pub fn read_page<'a, const N: usize>(
     body: &'a [u8],
     names: [&str; N],
 ) -> Result<Records<'a, N>, String> {
-    if let Some(records) = std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| scan::page(text, names))
-    {
+    if let Some(records) = scan::utf8(body).and_then(|text| scan::page(text, names)) {
         return Ok(records);
     }
     read_page_serde(body, names)
