@@ -139,7 +139,8 @@ pub fn check_next_link(link: &str, graph_base: &str) -> Result<(), String> {
 /// Reading stops as soon as every named field has been seen: Graph puts ids and times
 /// before the bulky parts of a record (evidence, alerts), and skipping those is most of
 /// the cost of a page inside a component (see BENCHMARKS.md). The record has already been
-/// checked as well-formed JSON by [`parse_page`], so the unread rest cannot be malformed.
+/// checked as well-formed JSON by [`parse_page`] or [`read_page`], so the unread rest
+/// cannot be malformed.
 pub fn string_fields<const N: usize>(
     record: &str,
     names: [&str; N],
