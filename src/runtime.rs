@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::connector::{Connector, Query};
 use crate::cursor::{Cursor, Stream};
 use crate::dedup::Dedup;
-use crate::graph::{check_next_link, error_text, list_url, parse_page, string_fields};
+use crate::graph::{check_next_link, error_text, list_url, read_page};
 use crate::platform::{Platform, Wasi};
 use crate::retry::{Class, MAX_ATTEMPTS, backoff_secs, classify};
 use crate::time::Timestamp;
@@ -356,7 +356,8 @@ impl Instance {
             None => list_url(&self.config.graph_base, q, from),
         };
         let response = self.get(p, &url)?;
-        let page = parse_page(&response.body).map_err(Failure::Transient)?;
+        let page = read_page(&response.body, ["id", t.window_field, t.time_field])
+            .map_err(Failure::Transient)?;
         if let Some(next) = &page.next_link {
             check_next_link(next, &self.config.graph_base).map_err(Failure::Fatal)?;
         }
@@ -377,15 +378,12 @@ impl Instance {
             Err(e) => return Err(Failure::Transient(format!("reading dedup memory: {e:?}"))),
         };
         let mut seen_max = stream.seen_max_time().map_err(Failure::Fatal)?;
-        let (mut events, mut skipped, mut repeated) = (Vec::with_capacity(page.value.len()), 0, 0);
-        for raw in &page.value {
-            let [id, window, time] = match string_fields(raw, ["id", t.window_field, t.time_field])
-            {
-                Ok(fields) => fields,
-                Err(_) => {
-                    skipped += 1;
-                    continue;
-                }
+        let (mut events, mut skipped, mut repeated) =
+            (Vec::with_capacity(page.records.len()), 0, 0);
+        for record in page.records {
+            let Some([id, window, time]) = record.fields else {
+                skipped += 1;
+                continue;
             };
             let window_time = window.as_deref().map(Timestamp::parse);
             let (Some(id), Some(window), Some(Ok(window_time))) = (id, window, window_time) else {
@@ -394,7 +392,7 @@ impl Instance {
             };
             seen_max = seen_max.max(Some(window_time));
             let version = if t.versioned {
-                window.clone()
+                window.to_string()
             } else {
                 String::new()
             };
@@ -403,13 +401,13 @@ impl Instance {
                 continue;
             }
             // When the time field is the window field, the reader fills only one of them.
-            let timestamp = time.unwrap_or_else(|| window.clone());
+            let timestamp = time.unwrap_or(window).into_owned();
             events.push(Event {
-                id,
+                id: id.into_owned(),
                 version,
                 kind: t.kind.into(),
                 timestamp,
-                payload: raw.get().to_string(),
+                payload: record.raw.to_string(),
             });
         }
         if skipped > 0 {

@@ -673,6 +673,12 @@ fn parsers_never_panic_on_random_or_mutated_input() {
         let text = String::from_utf8_lossy(&bytes);
         let _ = Cursor::decode(&text, "test");
         let _ = crate::graph::parse_page(&bytes);
+        let names = ["id", "createdDateTime", "lastUpdateDateTime"];
+        assert_eq!(
+            crate::graph::read_page(&bytes, names),
+            crate::graph::read_page_serde(&bytes, names),
+            "{text}"
+        );
         let _ = crate::config::parse(&text);
         let _ = Timestamp::parse(&text);
     }

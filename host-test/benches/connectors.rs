@@ -492,7 +492,13 @@ fn component_path(name: &str) -> std::path::PathBuf {
 
 fn main() {
     // `cargo bench` passes `--bench`. `-- wasm-only` runs just the wasm side of the
-    // 2,000-alert page, for a profiler (e.g. `valgrind --tool=callgrind`).
+    // 2,000-alert page, for a profiler (e.g. `valgrind --tool=callgrind`); `-- native-only`
+    // the native side, to compare instruction counts.
+    if std::env::args().any(|a| a == "native-only") {
+        let (t, n) = native_poll::<NativeAlerts>(&alerts_page(2000), 3);
+        println!("native poll of {n} alerts: {:.1} ms", t.as_secs_f64() * 1e3);
+        return;
+    }
     if std::env::args().any(|a| a == "wasm-only") {
         let cache = std::env::temp_dir().join("connector-bench-cache");
         let engine = HostEngine::new(Some(cache)).unwrap();
