@@ -236,15 +236,17 @@ impl<'a> Server<'a> {
             self.stop(&name);
         }
         for (name, (file, fingerprint)) in files {
-            if self
+            let current = self
                 .slots
                 .get(&name)
-                .is_some_and(|s| s.fingerprint == fingerprint && s.file == file)
-            {
+                .is_some_and(|s| s.fingerprint == fingerprint && s.file == file);
+            if current && !self.panicked(&name) {
                 continue;
             }
             if self.slots.contains_key(&name) {
-                tracing::info!(instance = %name, file = %file.display(), "instance changed: restarting it");
+                if !current {
+                    tracing::info!(instance = %name, file = %file.display(), "instance changed: restarting it");
+                }
                 self.stop(&name);
             }
             let running = match self.start(&name, &file) {
@@ -364,6 +366,35 @@ impl<'a> Server<'a> {
         self.components
             .insert(path.to_path_buf(), (stamp, loaded.clone()));
         Ok(loaded)
+    }
+
+    /// Whether the instance's thread ended in a panic (a host bug): then it is recorded and
+    /// the instance started again, as if its file had changed. A thread that ended because
+    /// its config was refused waits for the file to change.
+    fn panicked(&mut self, name: &str) -> bool {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return false;
+        };
+        if !slot
+            .running
+            .as_ref()
+            .is_some_and(|r| r.thread.is_finished())
+        {
+            return false;
+        }
+        let running = slot.running.take().expect("checked above");
+        let Err(panic) = running.thread.join() else {
+            return false;
+        };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let message = format!("the instance's thread panicked ({what}); restarting it");
+        tracing::error!(instance = %name, "{message}");
+        self.record_failure(name, "host", &message);
+        true
     }
 
     /// Stops an instance after its poll in flight and forgets it.
@@ -506,4 +537,40 @@ fn fingerprint(base: &Path, file: &Path) -> Fingerprint {
         }
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicked_instance_thread_is_recorded_and_restarted_a_refused_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = HostEngine::new(None).unwrap();
+        let options = ServeOptions::new(dir.path().into(), dir.path().join("state.db"));
+        let mut server = Server::new(&engine, options).unwrap();
+        let slot = |thread: JoinHandle<()>| Slot {
+            file: dir.path().join("x.json"),
+            fingerprint: 0,
+            running: Some(Running {
+                stop: Arc::new(AtomicBool::new(false)),
+                thread,
+            }),
+        };
+        let panics = std::thread::spawn(|| panic!("boom"));
+        let refused = std::thread::spawn(|| {});
+        while !(panics.is_finished() && refused.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.slots.insert("panics".into(), slot(panics));
+        server.slots.insert("refused".into(), slot(refused));
+
+        assert!(server.panicked("panics"));
+        assert!(!server.panicked("refused"));
+        let health = server.state.lock().unwrap().health().unwrap();
+        let row = health.iter().find(|r| r.instance == "panics").unwrap();
+        assert_eq!(row.last_error_code.as_deref(), Some("host"));
+        assert!(row.last_error.as_deref().unwrap().contains("boom"));
+        assert!(health.iter().all(|r| r.instance != "refused"));
+    }
 }
