@@ -288,9 +288,12 @@ impl<'a> Server<'a> {
         let reported = std::mem::take(&mut self.problems);
         let mut problems = HashMap::new();
         for path in paths {
-            let fingerprint = fingerprint(dir, &path);
+            // Read once per rescan; an unreadable file hashes as empty and is reported when
+            // its instance starts.
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let fingerprint = fingerprint(dir, &bytes);
             let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            let problem = match instance_name(&path) {
+            let problem = match instance_name(&path, &bytes) {
                 Err(message) => Some((stem.into_owned(), message)),
                 Ok(name) => match files.get(&name) {
                     Some((other, _)) => Some((
@@ -489,14 +492,13 @@ fn read_instance_file(path: &Path) -> Result<InstanceFile, StartError> {
 
 /// The instance's name: the file's `name`, else its stem. Names become file names under
 /// `--out`, so they are kept to letters, digits, `.`, `_` and `-`.
-fn instance_name(path: &Path) -> Result<String, String> {
+fn instance_name(path: &Path, bytes: &[u8]) -> Result<String, String> {
     #[derive(Deserialize)]
     struct Named {
         name: Option<String>,
     }
-    let named = std::fs::read_to_string(path)
+    let named = serde_json::from_slice::<Named>(bytes)
         .ok()
-        .and_then(|t| serde_json::from_str::<Named>(&t).ok())
         .and_then(|n| n.name);
     let name = named.unwrap_or_else(|| {
         path.file_stem()
@@ -519,14 +521,13 @@ fn instance_name(path: &Path) -> Result<String, String> {
     }
 }
 
-/// What decides whether a running instance is still current: its file, its secrets file
-/// (a rotated secret restarts it) and its component file. Unreadable parts hash as absent;
-/// starting the instance then reports them.
-fn fingerprint(base: &Path, file: &Path) -> Fingerprint {
+/// What decides whether a running instance is still current: its file (`bytes`), its
+/// secrets file (a rotated secret restarts it) and its component file. Unreadable parts
+/// hash as absent; starting the instance then reports them.
+fn fingerprint(base: &Path, bytes: &[u8]) -> Fingerprint {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let bytes = std::fs::read(file).unwrap_or_default();
     bytes.hash(&mut h);
-    if let Ok(spec) = serde_json::from_slice::<InstanceFile>(&bytes) {
+    if let Ok(spec) = serde_json::from_slice::<InstanceFile>(bytes) {
         if let Some(secrets) = &spec.secrets {
             std::fs::read(base.join(secrets))
                 .unwrap_or_default()
