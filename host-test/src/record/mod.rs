@@ -205,20 +205,11 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
             );
         clock.set(now);
         let transport = Arc::new(RecordingTransport::new(network.clone()));
-        let setup = RunSetup {
-            component: base.component.clone(),
-            instance: base.instance.clone(),
-            config: base.config.clone(),
-            secrets: base.secrets.clone(),
-            state: base.state.clone(),
-            transport: transport.clone(),
-            clock: Arc::new(RecordingClock(clock.clone())),
-            redactor: base.redactor.clone(),
-            limits: base.limits.clone(),
-            stop: base.stop.clone(),
-            // As in the replay: the same backoff jitter, the same hash orders.
-            seeded_random: true,
-        };
+        let mut setup = base.clone();
+        setup.transport = transport.clone();
+        setup.clock = Arc::new(RecordingClock(clock.clone()));
+        // As in the replay: the same backoff jitter, the same hash orders.
+        setup.seeded_random = true;
         let outcome = match action {
             Action::Validate => setup.validate()?,
             Action::Poll => {
