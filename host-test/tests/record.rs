@@ -229,15 +229,7 @@ fn a_recorded_entra_run_with_validation_redacts_user_names_and_replays() {
         ..Behaviour::default()
     });
     sim.add_alerts("e", 14, Duration::from_secs(20 * 3600));
-    let files = Tenant::new(&sim);
-    let mut config = sim.config(1);
-    config["event_types"] = json!([
-        "directory_audits",
-        "risky_sign_ins",
-        "risky_users",
-        "risk_detections"
-    ]);
-    write_json(&files.dir.path().join("tenant.json"), &config);
+    let files = Tenant::with_all_entra_types(&sim);
     let scenario = record_and_replay(
         &files,
         &sim,

@@ -131,23 +131,11 @@ fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 30, Duration::from_secs(3600));
     let files = Tenant::new(&sim);
-    let child = support::host(&[
-        "run",
-        alerts_wasm().to_str().unwrap(),
-        "--config",
-        &files.path("tenant.json"),
-        "--secrets",
-        &files.path("secrets.json"),
-        "--state",
-        &files.path("state.db"),
-        "--out",
-        &files.path("out.jsonl"),
-        "--interval",
-        "3600",
-    ])
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let args = files.run_args("defender-alerts", false, &["--interval", "3600"]);
+    let child = support::host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait until it has caught up (30 alerts, 7 a page), then ask it to stop.
     let out = Path::new(&files.path("out.jsonl")).to_path_buf();
     for _ in 0..300 {
@@ -215,15 +203,7 @@ fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
         ..Behaviour::default()
     });
     sim.add_alerts("e", 25, Duration::from_secs(20 * 3600));
-    let files = Tenant::new(&sim);
-    let mut config = sim.config(1);
-    config["event_types"] = json!([
-        "directory_audits",
-        "risky_sign_ins",
-        "risky_users",
-        "risk_detections"
-    ]);
-    write_json(&files.dir.path().join("tenant.json"), &config);
+    let files = Tenant::with_all_entra_types(&sim);
     let run = || files.run_once("entra", &[]);
     let first = run();
     assert!(first.status.success(), "{}", text(&first.stderr));
@@ -316,19 +296,16 @@ fn status_shows_each_instance_with_its_health_and_the_broken_one_with_its_error(
         &files.dir.path().join("wrong.json"),
         &json!({"client-secret": "not-the-secret-x"}),
     );
-    let broken = run_host(&[
-        "run",
-        alerts_wasm().to_str().unwrap(),
-        "--config",
-        &files.path("broken.json"),
-        "--secrets",
-        &files.path("wrong.json"),
-        "--state",
-        &files.path("state.db"),
-        "--out",
-        &files.path("broken.jsonl"),
-        "--once",
-    ]);
+    let args = files.run_args_with(
+        "defender-alerts",
+        &[
+            ("--config", "broken.json"),
+            ("--secrets", "wrong.json"),
+            ("--out", "broken.jsonl"),
+        ],
+        &["--once"],
+    );
+    let broken = run_host(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(broken.status.code(), Some(1));
 
     let out = run_host(&["status", "--state", &files.path("state.db")]);
@@ -424,9 +401,12 @@ fn processes_sharing_a_state_file_wait_for_each_other_instead_of_failing() {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let mut args = t.run_args("defender-alerts", true, &["--instance", &format!("t{i}")]);
-            let at = args.iter().position(|a| a == "--state").unwrap();
-            args[at + 1] = state.clone();
+            let instance = format!("t{i}");
+            let args = t.run_args_with(
+                "defender-alerts",
+                &[("--state", &state)],
+                &["--once", "--instance", &instance],
+            );
             support::host(&args.iter().map(String::as_str).collect::<Vec<_>>())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())

@@ -133,26 +133,54 @@ impl Tenant {
         Tenant { dir }
     }
 
+    /// A tenant whose config selects all four Entra ID data types.
+    pub fn with_all_entra_types(sim: &graph_sim::GraphSim) -> Tenant {
+        let tenant = Tenant::new(sim);
+        let mut config = sim.config(1);
+        config["event_types"] = serde_json::json!([
+            "directory_audits",
+            "risky_sign_ins",
+            "risky_users",
+            "risk_detections"
+        ]);
+        write_json(&tenant.dir.path().join("tenant.json"), &config);
+        tenant
+    }
+
     pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 
     /// `run <connector> --config --secrets --state --out [--once] <extra>`.
     pub fn run_args(&self, connector: &str, once: bool, extra: &[&str]) -> Vec<String> {
+        let once: &[&str] = if once { &["--once"] } else { &[] };
+        self.run_args_with(connector, &[], &[once, extra].concat())
+    }
+
+    /// `run <connector>` with this tenant's files, except where `files` names another file
+    /// (in this tenant's directory, or an absolute path) for one of `--config`,
+    /// `--secrets`, `--state` or `--out`; then `extra`.
+    pub fn run_args_with(
+        &self,
+        connector: &str,
+        files: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Vec<String> {
         let mut args = vec![
             "run".to_string(),
             component_wasm(connector).display().to_string(),
         ];
-        for (flag, file) in [
+        for (flag, default) in [
             ("--config", "tenant.json"),
             ("--secrets", "secrets.json"),
             ("--state", "state.db"),
             ("--out", "out.jsonl"),
         ] {
+            let file = files
+                .iter()
+                .find(|(f, _)| *f == flag)
+                .map_or(default, |(_, file)| *file);
             args.extend([flag.to_string(), self.path(file)]);
-        }
-        if once {
-            args.push("--once".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
