@@ -299,6 +299,7 @@ impl Instance {
                 cursor: cursor.encode(),
                 more: true,
                 wait_secs: Some(wait),
+                degraded: Vec::new(),
             });
         }
         if succeeded == 0 && !failures.is_empty() {
@@ -335,6 +336,7 @@ impl Instance {
             more,
             cursor: cursor.encode(),
             wait_secs: throttled_wait,
+            degraded: Vec::new(),
         })
     }
 
@@ -408,6 +410,7 @@ impl Instance {
                 kind: t.kind.into(),
                 timestamp,
                 payload: record.raw.to_string(),
+                incomplete: None,
             });
         }
         if skipped > 0 {

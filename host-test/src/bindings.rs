@@ -12,7 +12,7 @@ pub use secops::connector::types::Event;
 
 /// The WIT package this host implements; components built against another major/minor
 /// are refused.
-pub const WIT_PACKAGE: &str = "secops:connector@0.1.0";
+pub const WIT_PACKAGE: &str = "secops:connector@0.2.0";
 
 impl ValidationCode {
     /// The code as the CLI prints it (the WIT enum case name).
@@ -28,6 +28,10 @@ impl ValidationCode {
             ValidationCode::MissingPermission => "missing-permission",
             ValidationCode::ApiUnavailable => "api-unavailable",
             ValidationCode::Network => "network",
+            ValidationCode::AppDisabled => "app-disabled",
+            ValidationCode::NoServicePrincipal => "no-service-principal",
+            ValidationCode::ConditionalAccess => "conditional-access",
+            ValidationCode::NotLicensed => "not-licensed",
         }
     }
 }

@@ -74,6 +74,7 @@ impl Guest for Misbehave {
                         kind: "test.event".into(),
                         timestamp: "2026-11-20T12:00:00Z".into(),
                         payload: payload.clone(),
+                        incomplete: None,
                     })
                     .collect();
                 Ok(Batch {
@@ -81,6 +82,7 @@ impl Guest for Misbehave {
                     cursor: (n + 1).to_string(),
                     more: false,
                     wait_secs: None,
+                    degraded: Vec::new(),
                 })
             }
         }
