@@ -259,11 +259,12 @@ fn is_domain(s: &str) -> bool {
 }
 
 /// JSON Schema of the shared keys; a connector adds its own `properties`.
-pub fn schema(connector_properties: Value, required_extra: &[&str]) -> Value {
+pub fn schema(connector_properties: Value, required_extra: &[&str], clouds: &[Cloud]) -> Value {
+    let cloud_names: Vec<&str> = clouds.iter().map(|c| c.name()).collect();
     let mut properties = json!({
         "tenant_id": {"type": "string", "description": "Directory (tenant) ID: a GUID or a verified domain"},
         "client_id": {"type": "string", "description": "Application (client) ID, a GUID", "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
-        "cloud": {"enum": Cloud::NAMES, "default": "global", "description": "Sets the login and Graph hosts"},
+        "cloud": {"enum": cloud_names, "default": "global", "description": "Sets the login and Graph hosts"},
         "graph_url": {"type": "string", "format": "uri", "description": "Overrides the Graph base URL, e.g. https://graph.microsoft.com"},
         "login_url": {"type": "string", "format": "uri", "description": "Overrides the login authority base URL, e.g. https://login.microsoftonline.com"},
         "backfill_days": {"type": "integer", "minimum": 0, "maximum": MAX_BACKFILL_DAYS, "default": DEFAULT_BACKFILL_DAYS, "description": "Lookback on the first poll; fixed once the instance has state"},

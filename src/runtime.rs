@@ -80,7 +80,9 @@ pub fn describe<C: Connector>() -> Metadata {
         description: C::DESCRIPTION.into(),
         event_kinds: C::DATA_TYPES.iter().map(|t| t.kind.to_string()).collect(),
         permissions,
-        config_schema: config::schema(C::config_properties(), C::required_keys()).to_string(),
+        config_schema: config::schema(C::config_properties(), C::required_keys(), C::CLOUDS)
+            .to_string(),
+        secrets: vec![crate::auth::CLIENT_SECRET.into()],
         poll_interval_secs: C::POLL_INTERVAL_SECS,
     }
 }

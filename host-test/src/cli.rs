@@ -516,6 +516,7 @@ fn describe(component: &LoadedComponent) -> Result<(), Failure> {
         "description": m.description,
         "event_kinds": m.event_kinds,
         "permissions": m.permissions,
+        "secrets": m.secrets,
         "poll_interval_secs": m.poll_interval_secs,
         "config_schema": schema,
     });

@@ -26,6 +26,7 @@ impl Guest for Misbehave {
             description: "misbehaves on purpose (host tests)".into(),
             event_kinds: vec!["test.event".into()],
             permissions: vec![],
+            secrets: vec![],
             config_schema: "{}".into(),
             poll_interval_secs: 1,
         }
