@@ -9,6 +9,9 @@ use crate::types::ConfigError;
 pub const MAX_BACKFILL_DAYS: u64 = 14;
 pub const DEFAULT_BACKFILL_DAYS: u64 = 7;
 pub const ROUTES: &[&str] = &["workflows", "auto-triage"];
+/// `late_arrival_minutes` at most: a day of overlap is already a day of records re-read
+/// every poll.
+pub const MAX_LATE_ARRIVAL_MINUTES: u64 = 1440;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -19,6 +22,9 @@ pub struct Config {
     pub graph_base: String,
     pub backfill_days: u32,
     pub routing: Vec<String>,
+    /// How late Graph may show a record, when the user widened it beyond each data
+    /// type's default (`late_arrival_minutes`).
+    pub late_arrival_secs: Option<i64>,
 }
 
 pub(crate) fn error(
@@ -101,6 +107,25 @@ pub fn parse(document: &str) -> Result<(Config, Options), ConfigError> {
         })?,
     } as u32;
 
+    let late_arrival_secs = match o.take("late_arrival_minutes") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|m| *m <= MAX_LATE_ARRIVAL_MINUTES)
+                .ok_or_else(|| {
+                    error(
+                        "late_arrival_minutes",
+                        format!(
+                            "late_arrival_minutes must be a whole number from 0 to \
+                             {MAX_LATE_ARRIVAL_MINUTES}, not {v}"
+                        ),
+                        "give how many minutes late your tenant's records can appear in Graph",
+                    )
+                })? as i64
+                * 60,
+        ),
+    };
+
     let routing = match o.string_list("routing")? {
         None => ROUTES.iter().map(|r| r.to_string()).collect(),
         Some(list) => {
@@ -137,6 +162,7 @@ pub fn parse(document: &str) -> Result<(Config, Options), ConfigError> {
             graph_base,
             backfill_days,
             routing,
+            late_arrival_secs,
         },
         o,
     ))
@@ -268,6 +294,7 @@ pub fn schema(connector_properties: Value, required_extra: &[&str], clouds: &[Cl
         "graph_url": {"type": "string", "format": "uri", "description": "Overrides the Graph base URL, e.g. https://graph.microsoft.com"},
         "login_url": {"type": "string", "format": "uri", "description": "Overrides the login authority base URL, e.g. https://login.microsoftonline.com"},
         "backfill_days": {"type": "integer", "minimum": 0, "maximum": MAX_BACKFILL_DAYS, "default": DEFAULT_BACKFILL_DAYS, "description": "Lookback on the first poll; fixed once the instance has state"},
+        "late_arrival_minutes": {"type": "integer", "minimum": 0, "maximum": MAX_LATE_ARRIVAL_MINUTES, "description": "How late Graph may show a record: each window reaches back this far, so records that appear late are still delivered. Only widens each data type's default (directory audits and sign-ins 20, the others 15)"},
         "routing": {"type": "array", "items": {"enum": ROUTES}, "minItems": 1, "uniqueItems": true, "default": ROUTES, "description": "Where events go"}
     });
     if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), connector_properties) {

@@ -18,26 +18,51 @@ pub struct DataType {
     /// Application permissions that grant read access; any one is enough. The first is
     /// the least privileged, the one to ask for.
     pub permissions: &'static [&'static str],
-    /// The time field windows filter on (`ge`); also the version when `versioned`.
+    /// The time field windows filter on (`ge` and `le`); also the version when `versioned`.
     pub window_field: &'static str,
     /// The time field that becomes the event's `timestamp`.
     pub time_field: &'static str,
     /// Records change after creation: the window field's value is the event `version`,
     /// so each update is delivered again.
     pub versioned: bool,
-    /// `$top`: the endpoint's documented maximum page size; 0 where none is documented
-    /// (no `$top`: Graph's default page size, a guess could be refused).
+    /// `$top`: a page size Graph has been seen to accept for this list; 0 sends none
+    /// (Graph's default page). A 400 naming a lower limit lowers it for the instance.
     pub page_size: u32,
     /// The endpoint documents `$orderby` on the window field.
     pub order_by_window: bool,
-    /// How far each window reaches back before the newest record seen, so records Graph
-    /// shows late are not missed. Dedup absorbs the overlap.
+    /// How late Graph shows records of this list: each window reaches back this far
+    /// before the previous window's upper bound. Dedup absorbs the overlap.
     pub overlap_secs: i64,
+    /// `$count=true` is documented: the first page of a window says how many records it
+    /// holds, so a window too deep for paging is split before it is paged, and what was
+    /// read is checked against the count.
+    pub countable: bool,
+    /// Records one window may page through before it is split (0 = no limit). Graph
+    /// stops serving `$skip` pages past some depth without saying so.
+    pub max_depth: u32,
+    /// The API family whose throttling limits this list shares.
+    pub family: &'static Family,
 }
+
+/// Lists that Graph throttles together, per app and tenant, and how.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Family {
+    /// Name in KV and logs, e.g. `audit-logs`.
+    pub name: &'static str,
+    /// The published limits, kept by [`crate::budget`] so the connector waits instead of
+    /// drawing 429s.
+    pub limits: &'static [crate::budget::Limit],
+}
+
+/// A family without a published limit of its own.
+pub const UNLIMITED: Family = Family {
+    name: "graph",
+    limits: &[],
+};
 
 impl DataType {
     /// An immutable list, windowed on and timestamped by `time_field`, read newest first
-    /// (no `$orderby`), with a 10-minute window overlap. `page_size` 0 sends no `$top`.
+    /// (no `$orderby`), with a 15-minute window overlap. `page_size` 0 sends no `$top`.
     pub const fn new(
         name: &'static str,
         kind: &'static str,
@@ -56,7 +81,10 @@ impl DataType {
             versioned: false,
             page_size,
             order_by_window: false,
-            overlap_secs: 600,
+            overlap_secs: 15 * 60,
+            countable: false,
+            max_depth: 0,
+            family: &UNLIMITED,
         }
     }
 
@@ -71,6 +99,26 @@ impl DataType {
     /// The endpoint documents `$orderby` on the window field: read oldest first.
     pub const fn ordered(mut self) -> Self {
         self.order_by_window = true;
+        self
+    }
+
+    /// The list documents `$count`: windows are counted first, split when they hold more
+    /// than `max_depth` records, and checked against the count when paged through.
+    pub const fn counted(mut self, max_depth: u32) -> Self {
+        self.countable = true;
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Graph may show records up to `secs` late.
+    pub const fn late_by(mut self, secs: i64) -> Self {
+        self.overlap_secs = secs;
+        self
+    }
+
+    /// The list is throttled with the other lists of `family`.
+    pub const fn throttled_as(mut self, family: &'static Family) -> Self {
+        self.family = family;
         self
     }
 }
@@ -109,8 +157,6 @@ pub trait Connector {
     /// pages' national cloud availability; `configure` refuses the others. The Defender and
     /// Entra ID lists used so far are documented for the global and US Government clouds.
     const CLOUDS: &'static [Cloud] = &[Cloud::Global, Cloud::UsGov, Cloud::UsGovDod];
-    /// The API's published call quota per tenant, kept by [`crate::budget`]; none by default.
-    const CALL_LIMITS: &'static [crate::budget::Limit] = &[];
 
     /// JSON Schema `properties` of the connector's own config keys.
     fn config_properties() -> Value;

@@ -26,34 +26,54 @@ pub fn enc(s: &str) -> percent_encoding::PercentEncode<'_> {
     percent_encoding::utf8_percent_encode(s, QUERY_VALUE)
 }
 
-/// The first page of a window: records whose window field is at or after `from`.
-/// Security lists take no `$orderby` and return newest first; lists that document
-/// `$orderby` (directory audits) are read oldest first.
-pub fn list_url(graph_base: &str, q: &Query, from: Timestamp) -> String {
+/// The first page of a window part: records whose window field lies in `[from, to]`
+/// (whole seconds, widened outwards; dedup absorbs the extra records). `top` 0 sends no
+/// `$top`; `expand` asks for the query's `$expand`. Lists that document `$count` are
+/// asked for it; lists that document `$orderby` are read oldest first.
+pub fn window_url(
+    graph_base: &str,
+    q: &Query,
+    from: Timestamp,
+    to: Timestamp,
+    top: u32,
+    expand: bool,
+) -> String {
     let t = q.data_type;
-    let mut filter = format!("{} ge {}", t.window_field, from.to_filter());
+    let f = t.window_field;
+    let mut filter = format!(
+        "{f} ge {} and {f} le {}",
+        from.floor_secs().to_filter(),
+        to.ceil_secs().to_filter()
+    );
     if let Some(extra) = &q.filter {
         filter = format!("{filter} and ({extra})");
     }
     let mut url = format!("{graph_base}{}?$filter={}", t.path, enc(&filter));
-    if t.page_size > 0 {
-        url.push_str(&format!("&$top={}", t.page_size));
+    if top > 0 {
+        url.push_str(&format!("&$top={top}"));
+    }
+    if t.countable {
+        url.push_str("&$count=true");
     }
     if t.order_by_window {
-        url.push_str(&format!(
-            "&$orderby={}",
-            enc(&format!("{} asc", t.window_field))
-        ));
+        url.push_str(&format!("&$orderby={}", enc(&format!("{f} asc"))));
     }
-    if let Some(expand) = q.expand {
+    if let Some(expand) = q.expand.filter(|_| expand) {
         url.push_str(&format!("&$expand={}", enc(expand)));
     }
     url
 }
 
-/// A one-record request that proves the permission and the licence, for `validate`.
-pub fn probe_url(graph_base: &str, q: &Query) -> String {
-    format!("{graph_base}{}?$top=1", q.data_type.path)
+/// The page size Graph allows, from its 400 for a larger `$top`: "The limit of '50' for
+/// Top query has been exceeded" (the error's `code` is empty).
+pub fn top_limit(body: &[u8]) -> Option<u32> {
+    let text = error_text(body)?;
+    if !text.contains("for Top query") {
+        return None;
+    }
+    let after = text.split("limit of '").nth(1)?;
+    let digits = after.split('\'').next()?;
+    digits.parse().ok().filter(|&n| n > 0)
 }
 
 /// One page of a Graph collection. Records stay raw JSON: they reach the event unchanged.
@@ -63,6 +83,9 @@ pub struct Page<'a> {
     pub value: Vec<&'a RawValue>,
     #[serde(rename = "@odata.nextLink")]
     pub next_link: Option<String>,
+    /// How many records match the query, when `$count=true` asked.
+    #[serde(rename = "@odata.count")]
+    pub count: Option<u64>,
 }
 
 /// Splits a page with serde_json. [`read_page`] is the same with the fields read, faster.
@@ -75,6 +98,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page<'_>, String> {
 pub struct Records<'a, const N: usize> {
     pub records: Vec<Record<'a, N>>,
     pub next_link: Option<String>,
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -117,6 +141,7 @@ pub fn read_page_serde<'a, const N: usize>(
     Ok(Records {
         records,
         next_link: page.next_link,
+        count: page.count,
     })
 }
 
@@ -250,26 +275,74 @@ mod tests {
     .versioned_by("lastUpdateDateTime");
 
     #[test]
-    fn list_url_filters_the_window_and_encodes_it() {
+    fn window_url_bounds_the_window_and_encodes_it() {
         let q = Query {
             data_type: &ALERTS,
             filter: Some("serviceSource eq 'microsoftDefenderForEndpoint'".into()),
             expand: None,
         };
         let from = Timestamp::parse("2026-11-19T12:00:00.5Z").unwrap();
+        let to = Timestamp::parse("2026-11-20T12:00:00.25Z").unwrap();
         assert_eq!(
-            list_url("https://graph.microsoft.com", &q, from),
-            "https://graph.microsoft.com/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20%28serviceSource%20eq%20%27microsoftDefenderForEndpoint%27%29&$top=2000"
+            window_url("https://graph.microsoft.com", &q, from, to, 2000, true),
+            "https://graph.microsoft.com/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20lastUpdateDateTime%20le%202026-11-20T12%3A00%3A01Z%20and%20%28serviceSource%20eq%20%27microsoftDefenderForEndpoint%27%29&$top=2000",
+            "the bounds are widened to whole seconds"
         );
-        const AUDITS: DataType = ALERTS.ordered();
+        const AUDITS: DataType = ALERTS.ordered().counted(500);
         let q = Query {
             data_type: &AUDITS,
             filter: None,
             expand: Some("alerts"),
         };
         assert!(
-            list_url("https://g", &q, from)
-                .ends_with("&$top=2000&$orderby=lastUpdateDateTime%20asc&$expand=alerts")
+            window_url("https://g", &q, from, to, 50, true)
+                .ends_with("&$top=50&$count=true&$orderby=lastUpdateDateTime%20asc&$expand=alerts")
+        );
+        let bare = window_url("https://g", &q, from, to, 0, false);
+        assert!(
+            !bare.contains("$top") && !bare.contains("$expand"),
+            "{bare}"
+        );
+    }
+
+    #[test]
+    fn the_page_size_graph_allows_is_read_from_its_400() {
+        let body = br#"{"error":{"code":"","message":"The query specified in the URI is not valid. The limit of '50' for Top query has been exceeded. The value from the incoming request is '100'.","details":[],"innerError":{"date":"2026-11-20T12:00:00"}}}"#;
+        assert_eq!(top_limit(body), Some(50));
+        assert_eq!(
+            top_limit(br#"{"error":{"code":"BadRequest","message":""}}"#),
+            None
+        );
+        assert_eq!(
+            top_limit(br#"{"error":{"code":"","message":"The limit of 'x' for Top query"}}"#),
+            None
+        );
+        assert_eq!(top_limit(b"oops"), None);
+    }
+
+    #[test]
+    fn the_count_is_read_by_both_readers() {
+        for body in [
+            &br#"{"@odata.count":1234,"value":[{"id":"a"}]}"#[..],
+            br#"{"value":[{"id":"a"}],"@odata.count":1234,"@odata.nextLink":"https://g/n"}"#,
+        ] {
+            assert_eq!(read_page(body, ["id"]).unwrap().count, Some(1234));
+            assert_eq!(read_page_serde(body, ["id"]).unwrap().count, Some(1234));
+        }
+        for body in [
+            &br#"{"value":[]}"#[..],
+            br#"{"value":[],"@odata.count":null}"#,
+        ] {
+            assert_eq!(read_page(body, ["id"]).unwrap().count, None);
+        }
+        // What the scanner does not take plainly, serde_json decides.
+        assert!(read_page(br#"{"value":[],"@odata.count":-1}"#, ["id"]).is_err());
+        assert!(read_page(br#"{"value":[],"@odata.count":1,"@odata.count":2}"#, ["id"]).is_err());
+        assert_eq!(
+            read_page(br#"{"value":[],"@odata.count":0}"#, ["id"])
+                .unwrap()
+                .count,
+            Some(0)
         );
     }
 

@@ -9,18 +9,21 @@
 
 pub mod auth;
 pub mod budget;
+mod client;
 pub mod cloud;
 pub mod config;
 mod connector;
 pub mod cursor;
 pub mod dedup;
 pub mod graph;
+mod health;
 pub mod platform;
 pub mod retry;
 #[doc(hidden)]
 pub mod runtime;
 pub mod time;
 mod validate;
+mod window;
 #[doc(hidden)]
 pub mod wit;
 
@@ -30,13 +33,14 @@ mod testing;
 mod tests;
 
 pub use config::Options;
-pub use connector::{Connector, DataType, Query};
+pub use connector::{Connector, DataType, Family, Query, UNLIMITED};
 pub use serde_json::json;
 
 /// The WIT types, under Rust names.
 pub mod types {
     pub use crate::wit::exports::secops::connector::connector::{
-        Batch, ConfigError, Metadata, PollError, Retry, ValidationCode, ValidationError,
+        Batch, ConfigError, Degradation, DegradedType, Metadata, PollError, Retry, ValidationCode,
+        ValidationError,
     };
     pub use crate::wit::secops::connector::http::{HttpError, Request, Response};
     pub use crate::wit::secops::connector::kv::KvError;

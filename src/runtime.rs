@@ -5,66 +5,45 @@ use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AuthError, Token, describe_http_error, fetch_token};
-use crate::budget::{Budget, Limit};
+use crate::auth::Token;
+use crate::budget::whole_secs;
+use crate::client::Failure;
 use crate::config::{self, Config};
 use crate::connector::{Connector, Query};
 use crate::cursor::{Cursor, Stream};
-use crate::dedup::Dedup;
-use crate::graph::{check_next_link, error_text, list_url, read_page};
+use crate::health::{Code, TypeHealth};
 use crate::platform::{Platform, Wasi};
-use crate::retry::{Class, MAX_ATTEMPTS, backoff_secs, classify};
+use crate::retry::{MAX_ATTEMPTS, backoff_secs};
 use crate::time::Timestamp;
-use crate::types::{
-    Batch, ConfigError, Event, HttpError, Level, Metadata, PollError, Request, Response, Retry,
-};
+use crate::types::{Batch, ConfigError, Level, Metadata, PollError, Retry};
 
-const GRAPH_TIMEOUT_MS: u32 = 60_000;
 /// KV: what the instance was created with (see [`Origin`]).
 const ORIGIN_KEY: &str = "instance";
-/// KV: consecutive transient failures, kept across failed polls.
-const ATTEMPTS_KEY: &str = "retry:attempts";
 
-/// Fixed when the instance first polls: the backfill it was created with and the
-/// boundary it set. A data type added later starts at this boundary too.
+/// Fixed when the instance first polls: the tenant, app and Graph host it reads, the
+/// backfill it was created with and the boundary it set. A data type added later starts
+/// at this boundary too. Records of older versions lack the identity: it is added on the
+/// next poll.
 #[derive(Serialize, Deserialize)]
 struct Origin {
     backfill_days: u32,
     origin: String,
-}
-
-/// Why a Graph request failed, before it becomes a [`PollError`].
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Auth(String),
-    Throttled(Option<u32>, String),
-    Transient(String),
-    Fatal(String),
-    /// The call budget is spent: no call before this many seconds.
-    Budget(u32),
-}
-
-impl Failure {
-    fn describe(&self) -> String {
-        match self {
-            Failure::Auth(m) | Failure::Transient(m) | Failure::Fatal(m) => m.clone(),
-            Failure::Throttled(Some(after), m) => format!("{m}; Retry-After {after}s"),
-            Failure::Throttled(None, m) => m.clone(),
-            Failure::Budget(wait) => format!("call budget spent for {wait} s"),
-        }
-    }
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graph: Option<String>,
 }
 
 pub struct Instance {
     pub(crate) name: &'static str,
     pub(crate) config: Config,
     pub(crate) queries: Vec<Query>,
-    token: Option<Token>,
+    pub(crate) token: Option<Token>,
     /// Data types that opened a window during this instance's life. A window resumed from
     /// a cursor was opened by an earlier process, maybe long ago: see `poll`.
     opened_here: Vec<&'static str>,
-    /// The API's call quota ([`Connector::CALL_LIMITS`]); empty = none.
-    call_limits: &'static [Limit],
 }
 
 pub fn describe<C: Connector>() -> Metadata {
@@ -89,7 +68,8 @@ pub fn describe<C: Connector>() -> Metadata {
 
 impl Instance {
     /// Checks a config document; never touches the network. Reads KV to refuse a
-    /// `backfill_days` other than the one the instance was created with.
+    /// `backfill_days`, tenant, app or Graph host other than the instance was created
+    /// with: its cursor and dedup memory belong to those.
     pub fn configure<C: Connector>(p: &dyn Platform, document: &str) -> Result<Self, ConfigError> {
         let (config, mut options) = config::parse(document)?;
         let queries = C::queries(&mut options)?;
@@ -111,19 +91,8 @@ impl Instance {
         }
         let origin =
             load_origin(p).map_err(|m| config::error("", m, "check the host's state store"))?;
-        if let Some(origin) = origin.filter(|o| o.backfill_days != config.backfill_days) {
-            return Err(config::error(
-                "backfill_days",
-                format!(
-                    "this instance was created with backfill_days {} and has state; the backfill \
-                     cannot change afterwards (config says {})",
-                    origin.backfill_days, config.backfill_days
-                ),
-                format!(
-                    "set backfill_days back to {}, or delete the instance (its state) and create it anew",
-                    origin.backfill_days
-                ),
-            ));
+        if let Some(origin) = origin {
+            check_same_instance(&origin, &config)?;
         }
         Ok(Instance {
             name: C::NAME,
@@ -131,113 +100,12 @@ impl Instance {
             queries,
             token: None,
             opened_here: Vec::new(),
-            call_limits: C::CALL_LIMITS,
         })
     }
 
-    /// A valid token, from memory while it is fresh.
-    pub(crate) fn token(&mut self, p: &dyn Platform) -> Result<&Token, AuthError> {
-        let now = p.now();
-        if !self.token.as_ref().is_some_and(|t| t.is_fresh(now)) {
-            self.token = Some(fetch_token(p, &self.config)?);
-        }
-        Ok(self.token.as_ref().expect("just set"))
-    }
-
-    /// Takes one call from the budget, or says how long until one is free. Token requests
-    /// go to the login host and do not count against Graph's quota.
-    pub(crate) fn take_call(&self, p: &dyn Platform) -> Result<(), u32> {
-        if self.call_limits.is_empty() {
-            return Ok(());
-        }
-        let now = p.now().unix_secs();
-        let mut budget = Budget::load(p, self.call_limits);
-        match budget.wait_secs(now) {
-            0 => {
-                budget.spend(p, now);
-                Ok(())
-            }
-            wait => Err(wait),
-        }
-    }
-
-    /// GET with the bearer token; a 401 gets one fresh token and one more try.
-    pub(crate) fn get(&mut self, p: &dyn Platform, url: &str) -> Result<Response, Failure> {
-        for attempt in 0..2 {
-            self.take_call(p).map_err(Failure::Budget)?;
-            let bearer = self
-                .token(p)
-                .map_err(|e| match e {
-                    AuthError::Network(m) => Failure::Transient(m),
-                    refused => Failure::Auth(refused.describe()),
-                })?
-                .bearer();
-            let request = Request {
-                method: "GET".into(),
-                url: url.into(),
-                headers: vec![
-                    ("authorization".into(), bearer),
-                    ("accept".into(), "application/json".into()),
-                ],
-                body: Vec::new(),
-                timeout_ms: GRAPH_TIMEOUT_MS,
-            };
-            let response = p.send(&request).map_err(|e| match e {
-                HttpError::Timeout | HttpError::Connection(_) => {
-                    Failure::Transient(describe_http_error(&e, "Graph"))
-                }
-                _ => Failure::Fatal(describe_http_error(&e, "Graph")),
-            })?;
-            let said =
-                || error_text(&response.body).unwrap_or_else(|| "no Graph error body".into());
-            match classify(&response) {
-                Class::Ok => return Ok(response),
-                Class::Unauthorized if attempt == 0 => {
-                    p.log(
-                        Level::Info,
-                        "Graph answered 401; getting a fresh token and trying once more",
-                    );
-                    self.token = None;
-                }
-                Class::Unauthorized => {
-                    return Err(Failure::Auth(format!(
-                        "Graph refused a freshly issued token (401 {})",
-                        said()
-                    )));
-                }
-                Class::Forbidden => {
-                    return Err(Failure::Auth(format!(
-                        "Graph denied access (403 {}); run `validate` to see which permission or licence is missing",
-                        said()
-                    )));
-                }
-                Class::Throttled(after) => {
-                    return Err(Failure::Throttled(
-                        after,
-                        format!("Graph throttled the request (HTTP {})", response.status),
-                    ));
-                }
-                Class::Transient => {
-                    return Err(Failure::Transient(format!(
-                        "Graph answered HTTP {} ({})",
-                        response.status,
-                        said()
-                    )));
-                }
-                Class::Rejected => {
-                    return Err(Failure::Fatal(format!(
-                        "Graph rejected the request (HTTP {}: {})",
-                        response.status,
-                        said()
-                    )));
-                }
-            }
-        }
-        unreachable!("the loop returns on its second pass")
-    }
-
-    /// One poll: a page of every data type with a window being paged, or, when none is,
-    /// the first page of a new window for each. Types fail independently.
+    /// One poll: a page of every data type with a window being read, or, when none is,
+    /// the first page of a new window for each. Types fail, wait and degrade
+    /// independently: one that is throttled or failing does not hold back the others.
     pub fn poll(&mut self, p: &dyn Platform, cursor: Option<&str>) -> Result<Batch, PollError> {
         let mut cursor = match cursor {
             None => Cursor::new(self.name),
@@ -259,63 +127,94 @@ impl Instance {
                 .entry(name.to_string())
                 .or_insert_with(|| Stream::starting_at(origin));
         }
-        let paging = cursor.streams.values().any(|s| s.next.is_some());
+        let now = p.now();
+        let mut health: Vec<TypeHealth> = selected
+            .iter()
+            .map(|name| TypeHealth::load(p, name))
+            .collect();
+        // While a window is being read, only those data types poll (a catch-up does not
+        // open a fresh window for the others at every page); types waiting out a
+        // throttle or a backoff do not count as reading.
+        let reading = |name: &str, h: &TypeHealth, c: &Cursor| {
+            !c.streams[name].is_idle() && h.wait_millis(now) == 0
+        };
+        let paging = self
+            .queries
+            .iter()
+            .zip(&health)
+            .any(|(q, h)| reading(q.data_type.name, h, &cursor));
 
         let mut events = Vec::new();
-        let mut failures = Vec::new();
+        let mut failures: Vec<(&str, Failure, u32, u32)> = Vec::new();
+        // Milliseconds until data types with work to do may call Graph again: a spent
+        // budget, or a backoff still running from an earlier poll.
+        let mut waits: Vec<i64> = Vec::new();
+        let mut budget_spent: Vec<&str> = Vec::new();
         let mut succeeded = 0;
         let mut finished_resumed_window = false;
-        let mut budget_wait = None;
-        for q in self.queries.clone() {
+        for (q, h) in self.queries.clone().iter().zip(health.iter_mut()) {
             let name = q.data_type.name;
             let stream = cursor.streams.get_mut(name).expect("inserted above");
-            if paging && stream.next.is_none() {
+            let idle = stream.is_idle();
+            if paging && idle {
                 continue;
             }
-            let was_paging = stream.next.is_some();
-            match self.poll_stream(p, &q, stream) {
-                Ok(mut e) => {
+            let wait = h.wait_millis(now);
+            if wait > 0 {
+                if !idle {
+                    waits.push(wait);
+                }
+                continue;
+            }
+            let before = h.clone();
+            match self.read_window(p, q, stream, h, origin) {
+                Ok(mut read) => {
                     succeeded += 1;
-                    events.append(&mut e);
-                    if !was_paging && !self.opened_here.contains(&name) {
+                    h.succeeded();
+                    events.append(&mut read.events);
+                    if idle && !self.opened_here.contains(&name) {
                         self.opened_here.push(name);
                     }
                     finished_resumed_window |=
-                        was_paging && stream.next.is_none() && !self.opened_here.contains(&name);
+                        !idle && stream.is_idle() && !self.opened_here.contains(&name);
                 }
-                Err(Failure::Budget(wait)) => budget_wait = budget_wait.max(Some(wait)),
-                Err(f) => failures.push((q.data_type.name, f)),
+                Err(Failure::Budget(ms)) => {
+                    waits.push(ms);
+                    budget_spent.push(name);
+                }
+                Err(f) => {
+                    h.failures += 1;
+                    let (code, after) = match &f {
+                        Failure::Throttled(Some(after), _) => (Code::Throttled, *after),
+                        // No `Retry-After` (the Identity Protection lists never send one):
+                        // back off with jitter, so instances throttled together spread out.
+                        Failure::Throttled(None, _) => {
+                            (Code::Throttled, backoff_secs(h.failures, p.random()))
+                        }
+                        Failure::Transient(_) => {
+                            (Code::Transient, backoff_secs(h.failures, p.random()))
+                        }
+                        _ => (Code::Failing, backoff_secs(h.failures, p.random())),
+                    };
+                    h.failed(now, after, code, f.describe());
+                    failures.push((name, f, h.failures, after));
+                }
             }
+            h.save_if_changed(p, name, &before);
         }
-        if let Some(wait) = budget_wait {
-            // Commit what this poll has; the backlog goes on once the budget allows.
-            p.log(
-                Level::Info,
-                &format!("call budget spent: next Graph call in {wait} s"),
-            );
-            for (name, failure) in failures {
-                p.log(Level::Warn, &format!("{name}: {}", failure.describe()));
-            }
-            return Ok(Batch {
-                events,
-                cursor: cursor.encode(),
-                more: true,
-                wait_secs: Some(wait),
-                degraded: Vec::new(),
-            });
+        let degraded = selected
+            .iter()
+            .zip(&health)
+            .filter_map(|(name, h)| h.degraded(name))
+            .collect();
+        if succeeded == 0 && waits.is_empty() && !failures.is_empty() {
+            let (name, failure, attempts, after) = failures.remove(0);
+            return Err(self.poll_error(p, name, failure, attempts, after));
         }
-        if succeeded == 0 && !failures.is_empty() {
-            let (name, failure) = failures.remove(0);
-            return Err(self.poll_error(p, name, failure));
-        }
-        // Some types failed, others advanced. A throttled type is polled again once Graph
-        // allows (the others open new windows meanwhile; dedup absorbs the overlap); a type
-        // failing for another reason waits for the next scheduled poll.
-        let mut throttled_wait: Option<u32> = None;
-        for (name, failure) in failures {
-            if let Failure::Throttled(after, _) = &failure {
-                let wait = after.unwrap_or_else(|| backoff_secs(1, p.random()));
-                throttled_wait = throttled_wait.max(Some(wait));
+        for (name, failure, _, after) in failures {
+            if matches!(failure, Failure::Throttled(..)) {
+                // It will be served once Graph allows: poll again then.
+                waits.push(i64::from(after) * 1000);
             }
             p.log(
                 Level::Warn,
@@ -325,223 +224,156 @@ impl Instance {
                 ),
             );
         }
-        self.reset_attempts(p);
         // A window resumed from a cursor was opened by an earlier process (one that was
         // stopped or crashed); what changed since then is in the next window, so finish
         // with one window of our own: `run --once` then delivers everything visible when
-        // it started. Windows opened here end the catch-up when paged through.
-        let more = throttled_wait.is_some()
-            || finished_resumed_window
-            || cursor.streams.values().any(|s| s.next.is_some());
+        // it started. Windows opened here end the catch-up when read through.
+        let reading_on = cursor.streams.values().any(|s| !s.is_idle());
+        let more = reading_on || finished_resumed_window || !waits.is_empty();
+        // When no data type can go on at once, ask the host to wait for the first that can.
+        let ready = self.queries.iter().zip(&health).any(|(q, h)| {
+            reading(q.data_type.name, h, &cursor) && !budget_spent.contains(&q.data_type.name)
+        });
+        let wait_secs = (!ready && !waits.is_empty()).then(|| {
+            let ms = waits.iter().copied().min().unwrap_or(0);
+            whole_secs(ms).max(1)
+        });
+        if let Some(wait) = wait_secs {
+            p.log(
+                Level::Debug,
+                &format!("waiting {wait} s for Graph's limits before the next call"),
+            );
+        }
         Ok(Batch {
             events,
             more,
             cursor: cursor.encode(),
-            wait_secs: throttled_wait,
-            degraded: Vec::new(),
+            wait_secs,
+            degraded,
         })
-    }
-
-    /// Fetches one page of one data type and advances its stream; leaves the stream as it
-    /// was when the page cannot be had.
-    fn poll_stream(
-        &mut self,
-        p: &dyn Platform,
-        q: &Query,
-        stream: &mut Stream,
-    ) -> Result<Vec<Event>, Failure> {
-        let t = q.data_type;
-        let from = stream.from_time().map_err(Failure::Fatal)?;
-        let url = match &stream.next {
-            Some(link) => {
-                check_next_link(link, &self.config.graph_base).map_err(Failure::Fatal)?;
-                link.clone()
-            }
-            None => list_url(&self.config.graph_base, q, from),
-        };
-        let response = self.get(p, &url)?;
-        let page = read_page(&response.body, ["id", t.window_field, t.time_field])
-            .map_err(Failure::Transient)?;
-        if let Some(next) = &page.next_link {
-            check_next_link(next, &self.config.graph_base).map_err(Failure::Fatal)?;
-        }
-
-        let dedup_key = Dedup::key(t.name);
-        let mut dedup = match p.kv_get(&dedup_key) {
-            Ok(None) => Dedup::default(),
-            Ok(Some(text)) => Dedup::decode(&text).unwrap_or_else(|e| {
-                p.log(
-                    Level::Warn,
-                    &format!(
-                        "{}: {e}; starting an empty one (duplicates possible)",
-                        t.name
-                    ),
-                );
-                Dedup::default()
-            }),
-            Err(e) => return Err(Failure::Transient(format!("reading dedup memory: {e:?}"))),
-        };
-        let mut seen_max = stream.seen_max_time().map_err(Failure::Fatal)?;
-        let (mut events, mut skipped, mut repeated) =
-            (Vec::with_capacity(page.records.len()), 0, 0);
-        for record in page.records {
-            let Some([id, window, time]) = record.fields else {
-                skipped += 1;
-                continue;
-            };
-            let window_time = window.as_deref().map(Timestamp::parse);
-            let (Some(id), Some(window), Some(Ok(window_time))) = (id, window, window_time) else {
-                skipped += 1;
-                continue;
-            };
-            seen_max = seen_max.max(Some(window_time));
-            let version = if t.versioned {
-                window.to_string()
-            } else {
-                String::new()
-            };
-            if !dedup.insert(t.kind, &id, &version, window_time.unix_secs()) {
-                repeated += 1;
-                continue;
-            }
-            // When the time field is the window field, the reader fills only one of them.
-            let timestamp = time.unwrap_or(window).into_owned();
-            events.push(Event {
-                id: id.into_owned(),
-                version,
-                kind: t.kind.into(),
-                timestamp,
-                payload: record.raw.to_string(),
-                incomplete: None,
-            });
-        }
-        if skipped > 0 {
-            p.log(
-                Level::Warn,
-                &format!(
-                    "{}: skipped {skipped} record(s) without an `id` or a valid `{}`",
-                    t.name, t.window_field
-                ),
-            );
-        }
-        if repeated > 0 {
-            p.log(
-                Level::Debug,
-                &format!(
-                    "{}: {repeated} record(s) already delivered (window overlap)",
-                    t.name
-                ),
-            );
-        }
-
-        let advanced = match page.next_link {
-            Some(next) => Stream {
-                next: Some(next),
-                seen_max: seen_max.map(Timestamp::to_rfc3339),
-                ..stream.clone()
-            },
-            None => {
-                // The whole window is read: only now may the watermark move (lists come
-                // newest first). It trails the newest record by the overlap margin.
-                let next_from = seen_max.map_or(from, |m| m.minus_secs(t.overlap_secs).max(from));
-                dedup.prune(next_from.unix_secs());
-                Stream::starting_at(next_from)
-            }
-        };
-        p.kv_set(&dedup_key, &dedup.encode())
-            .map_err(|e| Failure::Transient(format!("saving dedup memory: {e:?}")))?;
-        *stream = advanced;
-        Ok(events)
     }
 
     /// The instance's origin, recorded on its first poll.
     fn origin(&self, p: &dyn Platform) -> Result<Timestamp, String> {
-        if let Some(o) = load_origin(p)? {
-            return Timestamp::parse(&o.origin)
-                .map_err(|e| format!("corrupt instance record in KV: {e}"));
-        }
-        let origin = p
-            .now()
-            .minus_secs(i64::from(self.config.backfill_days) * 86_400);
-        let record = Origin {
-            backfill_days: self.config.backfill_days,
-            origin: origin.to_rfc3339(),
+        let stored = load_origin(p)?;
+        let origin = match &stored {
+            Some(o) => Timestamp::parse(&o.origin)
+                .map_err(|e| format!("corrupt instance record in KV: {e}"))?,
+            None => p
+                .now()
+                .minus_secs(i64::from(self.config.backfill_days) * 86_400),
         };
-        // Written at once: the backfill boundary is fixed when the instance first polls,
-        // and must not drift forward while a failing first poll is retried.
-        p.kv_set_now(
-            ORIGIN_KEY,
-            &serde_json::to_string(&record).expect("serializes"),
-        )
-        .map_err(|e| format!("saving the instance record: {e:?}"))?;
+        if stored.as_ref().is_none_or(|o| o.tenant_id.is_none()) {
+            let record = Origin {
+                backfill_days: self.config.backfill_days,
+                origin: origin.to_rfc3339(),
+                tenant_id: Some(self.config.tenant_id.clone()),
+                client_id: Some(self.config.client_id.clone()),
+                graph: Some(self.config.graph_base.clone()),
+            };
+            // Written at once: the backfill boundary is fixed when the instance first
+            // polls, and must not drift forward while a failing first poll is retried.
+            p.kv_set_now(
+                ORIGIN_KEY,
+                &serde_json::to_string(&record).expect("serializes"),
+            )
+            .map_err(|e| format!("saving the instance record: {e:?}"))?;
+        }
         Ok(origin)
     }
 
-    /// Turns a failure into what the host should do, counting transient failures across
-    /// polls (a failed poll keeps its cursor, so the count lives in KV, written at once).
-    fn poll_error(&self, p: &dyn Platform, name: &str, failure: Failure) -> PollError {
-        let attempts = p
-            .kv_get(ATTEMPTS_KEY)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-            + 1;
-        let count = |n: u32| {
-            if let Err(e) = p.kv_set_now(ATTEMPTS_KEY, &n.to_string()) {
-                p.log(
-                    Level::Warn,
-                    &format!("could not record the retry count: {e:?}"),
-                );
-            }
-        };
+    /// Turns the failure of every data type into what the host should do; `attempts`
+    /// counts the data type's failures in a row (kept in its health record).
+    fn poll_error(
+        &self,
+        p: &dyn Platform,
+        name: &str,
+        failure: Failure,
+        attempts: u32,
+        after: u32,
+    ) -> PollError {
         match failure {
             Failure::Auth(m) => PollError::Auth(format!("{name}: {m}")),
-            Failure::Fatal(m) => PollError::Fatal(format!("{name}: {m}")),
-            Failure::Budget(after) => PollError::RateLimited(Retry {
-                after_secs: after,
+            f @ (Failure::Fatal(_) | Failure::Rejected { .. }) => {
+                PollError::Fatal(format!("{name}: {}", f.describe()))
+            }
+            Failure::Budget(ms) => PollError::RateLimited(Retry {
+                after_secs: whole_secs(ms),
                 message: format!("{name}: the API's call budget is spent"),
             }),
             Failure::Throttled(Some(after), m) => PollError::RateLimited(Retry {
                 after_secs: after,
                 message: format!("{name}: {m}; Retry-After {after}s"),
             }),
-            Failure::Throttled(None, m) => {
-                count(attempts);
-                let after = backoff_secs(attempts, p.random());
-                PollError::RateLimited(Retry {
-                    after_secs: after,
-                    message: format!("{name}: {m}; backing off {after}s"),
-                })
-            }
+            Failure::Throttled(None, m) => PollError::RateLimited(Retry {
+                after_secs: after,
+                message: format!("{name}: {m}; backing off {after}s"),
+            }),
             Failure::Transient(m) if attempts > MAX_ATTEMPTS => {
-                count(0);
+                // Counting starts again: the host reports this and polls on schedule.
+                let mut h = TypeHealth::load(p, name);
+                let before = h.clone();
+                h.failures = 0;
+                h.save_if_changed(p, name, &before);
                 PollError::Fatal(format!(
                     "{name}: gave up after {MAX_ATTEMPTS} attempts: {m}"
                 ))
             }
-            Failure::Transient(m) => {
-                count(attempts);
-                let after = backoff_secs(attempts, p.random());
-                PollError::Transient(Retry {
-                    after_secs: after,
-                    message: format!(
-                        "{name}: {m} (attempt {attempts} of {MAX_ATTEMPTS}, retrying in {after}s)"
-                    ),
-                })
-            }
+            Failure::Transient(m) => PollError::Transient(Retry {
+                after_secs: after,
+                message: format!(
+                    "{name}: {m} (attempt {attempts} of {MAX_ATTEMPTS}, retrying in {after}s)"
+                ),
+            }),
         }
     }
+}
 
-    fn reset_attempts(&self, p: &dyn Platform) {
-        if p.kv_get(ATTEMPTS_KEY)
-            .ok()
-            .flatten()
-            .is_some_and(|v| v != "0")
+/// Refuses a config that names another tenant, app or Graph host, or another backfill,
+/// than the instance was created with.
+fn check_same_instance(origin: &Origin, config: &Config) -> Result<(), ConfigError> {
+    if origin.backfill_days != config.backfill_days {
+        return Err(config::error(
+            "backfill_days",
+            format!(
+                "this instance was created with backfill_days {} and has state; the backfill \
+                 cannot change afterwards (config says {})",
+                origin.backfill_days, config.backfill_days
+            ),
+            format!(
+                "set backfill_days back to {}, or delete the instance (its state) and create it anew",
+                origin.backfill_days
+            ),
+        ));
+    }
+    let fields = [
+        ("tenant_id", &origin.tenant_id, &config.tenant_id),
+        ("client_id", &origin.client_id, &config.client_id),
+        ("graph_url", &origin.graph, &config.graph_base),
+    ];
+    for (key, created, now) in fields {
+        if let Some(created) = created
+            && !created.eq_ignore_ascii_case(now)
         {
-            let _ = p.kv_set_now(ATTEMPTS_KEY, "0");
+            let what = if key == "graph_url" {
+                "Graph host (cloud or graph_url)"
+            } else {
+                key
+            };
+            return Err(config::error(
+                key,
+                format!(
+                    "this instance was created for {what} {created} and its state (cursor, \
+                     dedup memory) belongs to it; the config now says {now}"
+                ),
+                format!(
+                    "give this tenant its own instance (another instance file or --instance \
+                     name), or set {key} back to {created}"
+                ),
+            ));
         }
     }
+    Ok(())
 }
 
 fn load_origin(p: &dyn Platform) -> Result<Option<Origin>, String> {

@@ -131,9 +131,9 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
     assert_eq!(
         p.urls()[1],
         format!(
-            "{GRAPH}/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z&$top=2"
+            "{GRAPH}/v1.0/security/alerts_v2?$filter=lastUpdateDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20lastUpdateDateTime%20le%202026-11-20T12%3A00%3A00Z&$top=2"
         ),
-        "the first window starts backfill_days before now"
+        "the first window starts backfill_days before now and ends now"
     );
     let c = Cursor::decode(&first.cursor, "test").unwrap();
     assert_eq!(
@@ -151,8 +151,8 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
     assert_eq!(p.urls()[2], next, "the next link is followed as given");
     let c = Cursor::decode(&second.cursor, "test").unwrap();
     assert_eq!(
-        c.streams["alerts"].from, "2026-11-20T10:50:00.000000000Z",
-        "newest seen minus the overlap"
+        c.streams["alerts"].from, "2026-11-20T11:45:00.000000000Z",
+        "the window's end minus the overlap"
     );
     assert_eq!(p.requests().len(), 3, "one token for the whole backfill");
 
@@ -297,22 +297,30 @@ fn throttling_is_honoured_and_keeps_the_cursor() {
     assert!(
         p.kv.borrow()
             .keys()
-            .all(|k| k == "instance" || k == "retry:attempts"),
-        "a failed poll leaves only the instance's origin (fixed at the first attempt) and its retry count"
+            .all(|k| k == "instance" || k == "health:alerts"),
+        "a failed poll leaves only the instance's origin (fixed at the first attempt) and the type's health"
     );
+    p.now.set(p.now.get().plus_secs(30));
     p.respond(429, &[], b"{}");
     match poll(&mut i, &p, None) {
         Err(PollError::RateLimited(r)) => assert!(
-            (1..=2).contains(&r.after_secs),
-            "backoff when not told: {r:?}"
+            (2..=4).contains(&r.after_secs),
+            "backoff when not told (the second failure in a row): {r:?}"
         ),
         other => panic!("{other:?}"),
     }
+    // Polled again before the backoff is over: it waits instead of calling Graph.
+    let early = poll(&mut i, &p, None).unwrap();
+    assert!(early.events.is_empty() && early.wait_secs.is_none() && !early.more);
+    assert_eq!(early.degraded.len(), 1, "{:?}", early.degraded);
+    p.now.set(p.now.get().plus_secs(4));
     p.respond_json(200, page(vec![alert("a1", "2026-11-20T11:00:00Z")], None));
-    assert_eq!(poll(&mut i, &p, None).unwrap().events.len(), 1);
+    let ok = poll(&mut i, &p, None).unwrap();
+    assert_eq!(ok.events.len(), 1);
+    assert!(ok.degraded.is_empty(), "success clears the health record");
     assert_eq!(
-        p.kv.borrow()["retry:attempts"],
-        "0",
+        p.kv.borrow()["health:alerts"],
+        "{}",
         "success resets the count"
     );
 }
@@ -333,6 +341,9 @@ fn transient_failures_back_off_then_give_up() {
             Err(PollError::Transient(r)) => waits.push(r.after_secs),
             other => panic!("{other:?}"),
         }
+        // The host waits as told before it polls again.
+        p.now
+            .set(p.now.get().plus_secs(i64::from(*waits.last().unwrap())));
     }
     assert_eq!(waits, [2, 4, 8, 16, 32]);
     p.respond_err(HttpError::Timeout);
@@ -343,6 +354,7 @@ fn transient_failures_back_off_then_give_up() {
         ),
         other => panic!("{other:?}"),
     }
+    p.now.set(p.now.get().plus_secs(64));
     p.respond(500, &[], b"");
     assert!(
         matches!(poll(&mut i, &p, None), Err(PollError::Transient(r)) if r.after_secs == 2),
@@ -367,7 +379,7 @@ fn a_malformed_page_fails_the_poll_without_moving_anything() {
     assert!(
         p.kv.borrow()
             .keys()
-            .all(|k| k == "instance" || k == "retry:attempts")
+            .all(|k| k == "instance" || k == "health:alerts")
     );
 }
 
@@ -421,7 +433,8 @@ fn a_foreign_next_link_is_refused_and_gets_no_token() {
     }
     assert!(p.urls().iter().all(|u| !u.contains("evil")));
     // Even a cursor tampered to point elsewhere is not followed.
-    let tampered = r#"{"v":1,"connector":"test","streams":{"alerts":{"from":"2026-11-19T12:00:00Z","next":"https://graph.microsoft.com.evil.example/x"}}}"#;
+    p.now.set(p.now.get().plus_secs(3600));
+    let tampered = r#"{"v":2,"connector":"test","streams":{"alerts":{"from":"2026-11-19T12:00:00Z","to":"2026-11-20T12:00:00Z","end":"2026-11-20T12:00:00Z","next":"https://graph.microsoft.com.evil.example/x"}}}"#;
     assert!(matches!(
         poll(&mut i, &p, Some(tampered)),
         Err(PollError::Fatal(_))
@@ -513,7 +526,7 @@ fn data_types_advance_independently_and_new_ones_start_at_the_origin() {
     let second = poll(&mut both, &p, Some(&first.cursor)).unwrap();
     assert_eq!(ids(&second), [("d1".into(), String::new())]);
     assert!(p.urls().last().unwrap().contains(
-        "activityDateTime%20ge%202026-11-19T12%3A00%3A00Z&$top=2&$orderby=activityDateTime%20asc"
+        "activityDateTime%20ge%202026-11-19T12%3A00%3A00Z%20and%20activityDateTime%20le%202026-11-21T12%3A00%3A00Z&$top=2&$orderby=activityDateTime%20asc"
     ));
     let c = Cursor::decode(&second.cursor, "test").unwrap();
     assert_eq!(
@@ -534,6 +547,7 @@ fn data_types_advance_independently_and_new_ones_start_at_the_origin() {
     );
 
     // A throttled type with others advancing: poll again after its Retry-After.
+    p.now.set(p.now.get().plus_secs(60));
     p.respond(429, &[("retry-after", "30")], b"{}");
     p.respond_json(200, page(vec![], None));
     let third = poll(&mut both, &p, Some(&second.cursor)).unwrap();

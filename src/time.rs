@@ -25,6 +25,26 @@ impl Timestamp {
         self.0.div_euclid(NANOS)
     }
 
+    pub fn unix_millis(self) -> i64 {
+        self.0.div_euclid(1_000_000)
+    }
+
+    /// Rounded down to the whole second: windows are bounded in whole seconds, the
+    /// precision of a `$filter`.
+    pub fn floor_secs(self) -> Self {
+        Self::from_unix_secs(self.unix_secs())
+    }
+
+    /// Rounded up to the whole second.
+    pub fn ceil_secs(self) -> Self {
+        let floor = self.floor_secs();
+        if floor == self {
+            floor
+        } else {
+            floor.plus_secs(1)
+        }
+    }
+
     /// Parses RFC 3339 in UTC (`Z` or `+00:00`), as Graph sends it.
     pub fn parse(s: &str) -> Result<Self, String> {
         let utc = s.strip_suffix("+00:00").map(|p| format!("{p}Z"));

@@ -2,10 +2,17 @@
 //! the permissions or the tenant's access to each selected data type.
 
 use crate::auth::{AuthError, describe_http_error};
-use crate::graph::{error_text, probe_url};
+use crate::client::graph_request;
+use crate::connector::Query;
+use crate::graph::{error_text, window_url};
+use crate::health::TypeHealth;
 use crate::platform::Platform;
 use crate::runtime::Instance;
-use crate::types::{HttpError, Request, ValidationCode, ValidationError};
+use crate::types::{HttpError, ValidationCode, ValidationError};
+
+/// How far back the validation probe looks: its query has a poll's shape, and a short
+/// window keeps its answer small.
+const PROBE_WINDOW_SECS: i64 = 300;
 
 fn fail(
     code: ValidationCode,
@@ -105,28 +112,22 @@ impl Instance {
 
         for q in self.queries.clone() {
             let name = q.data_type.name;
-            let url = probe_url(&self.config.graph_base, &q);
+            let url = self.probe_url(p, &q);
             let bearer = self
                 .token(p)
                 .map_err(|e| fail(ValidationCode::Network, e.describe(), "try again"))?
                 .bearer();
-            if let Err(wait) = self.take_call(p) {
+            if let Err(wait) = self.take_call(p, q.data_type.family) {
                 return Err(fail(
                     ValidationCode::ApiUnavailable,
-                    format!("the API's call budget for this tenant is spent for the next {wait} s"),
+                    format!(
+                        "the API's call budget for this tenant is spent for the next {} s",
+                        crate::budget::whole_secs(wait)
+                    ),
                     "validate again after that; polls share the same budget",
                 ));
             }
-            let request = Request {
-                method: "GET".into(),
-                url,
-                headers: vec![
-                    ("authorization".into(), bearer),
-                    ("accept".into(), "application/json".into()),
-                ],
-                body: Vec::new(),
-                timeout_ms: 30_000,
-            };
+            let request = graph_request(&url, bearer, 30_000);
             let response = p.send(&request).map_err(|e| match e {
                 HttpError::Timeout | HttpError::Connection(_) => fail(
                     ValidationCode::Network,
@@ -173,5 +174,21 @@ impl Instance {
             }
         }
         Ok(())
+    }
+
+    /// The probe of a data type: the query a poll sends (page size, filter, `$count`,
+    /// `$expand`, headers) over the last few minutes, so `validate` says `ok` only for a
+    /// query shape Graph accepts.
+    fn probe_url(&self, p: &dyn Platform, q: &Query) -> String {
+        let now = p.now();
+        let health = TypeHealth::load(p, q.data_type.name);
+        window_url(
+            &self.config.graph_base,
+            q,
+            now.minus_secs(PROBE_WINDOW_SECS),
+            now,
+            health.page_size(q.data_type.page_size),
+            true,
+        )
     }
 }

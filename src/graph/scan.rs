@@ -32,6 +32,7 @@ pub(super) fn page<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Optio
     s.eat(b'{')?;
     let mut records = None;
     let mut next_link: Option<Option<String>> = None;
+    let mut count: Option<Option<u64>> = None;
     s.ws();
     if s.peek() == Some(b'}') {
         return None; // no `value`: serde_json words the error
@@ -46,7 +47,8 @@ pub(super) fn page<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Optio
         match key {
             b"value" if records.is_none() => records = Some(s.records(&names)?),
             b"@odata.nextLink" if next_link.is_none() => next_link = Some(s.link()?),
-            b"value" | b"@odata.nextLink" => return None, // a duplicate is an error
+            b"@odata.count" if count.is_none() => count = Some(s.count()?),
+            b"value" | b"@odata.nextLink" | b"@odata.count" => return None, // a duplicate is an error
             _ => s.skip_value()?,
         }
         s.ws();
@@ -63,6 +65,7 @@ pub(super) fn page<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Optio
     Some(Records {
         records: records?,
         next_link: next_link.flatten(),
+        count: count.flatten(),
     })
 }
 
@@ -341,6 +344,27 @@ impl<'a> Scanner<'a> {
         })
     }
 
+    /// `@odata.count`: plain digits or null; anything else (a sign, a fraction, an
+    /// exponent, a number past u64) is left to serde_json.
+    fn count(&mut self) -> Option<Option<u64>> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            return Some(None);
+        }
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let digits = self.since(start)?;
+        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+            return None;
+        }
+        digits.parse().ok().map(Some)
+    }
+
     /// `@odata.nextLink`: a string or null.
     fn link(&mut self) -> Option<Option<String>> {
         if self.peek() == Some(b'n') {
@@ -512,7 +536,7 @@ mod tests {
             "{\"value\":[{\"id\":\"a\",\"x\":{\"y\":[1,-2.5e+3,0,true,false,null,{}]},\"t\":null}],\n\"@odata.nextLink\":\"https://g/n?a=1\"}",
             r#"{"value":[7,"s",[],{"id":5,"t":"b"},{"id":"a","id":"b","t":"c","id":"d"}]}"#,
             r#"{"value":[{"k\"ey":"\"\\\/\b\f\n\r\t\u00e9","id":"é日本","t":"x"}],"@odata.nextLink":null}"#,
-            r#"{"value":[{"id":"a","t":"b","id":"\ud800"}],"other":[[[[]]]],"@odata.count":-0}"#,
+            r#"{"value":[{"id":"a","t":"b","id":"\ud800"}],"other":[[[[]]]],"@odata.count":17,"x":-0}"#,
             r#"{"@odata.nextLink":"https:\/\/g\/n","value":[{"id":"0123456789abcdef0123456789abcdef"}]}"#,
         ] {
             assert!(agrees(body), "{body}");
