@@ -106,13 +106,13 @@ impl Budget {
             .iter()
             .map(|l| {
                 let per = i64::from(l.per_secs) * 1000;
-                // A call at `t` counts until `t + per` inclusive: Graph's window may start
-                // a little after ours, so the limit is kept with a millisecond to spare.
+                // A call at `t` counts until `t + per`. Graph's window may be aligned
+                // otherwise; the host waits in whole seconds, rounded up, which is the margin.
                 let window: Vec<i64> = self
                     .calls
                     .iter()
                     .copied()
-                    .filter(|&t| t >= now_ms - per)
+                    .filter(|&t| t > now_ms - per)
                     .collect();
                 let excess = window.len() as i64 - i64::from(l.calls) + 1;
                 if excess <= 0 {
@@ -120,7 +120,7 @@ impl Budget {
                 } else {
                     // The call that must leave the window first for one more to fit.
                     let t = window[(excess - 1) as usize];
-                    (t + per + 1 - now_ms).max(1)
+                    (t + per - now_ms).max(1)
                 }
             })
             .max()
@@ -171,13 +171,13 @@ mod tests {
         }
         assert_eq!(
             b.wait_millis(T + 4000),
-            56_001,
-            "the first call (at T) leaves after T + 60 s"
+            56_000,
+            "the first call (at T) leaves at T + 60 s"
         );
-        assert_eq!(b.wait_millis(T + 60_000), 1);
-        assert_eq!(b.wait_millis(T + 60_001), 0);
+        assert_eq!(b.wait_millis(T + 59_999), 1);
+        assert_eq!(b.wait_millis(T + 60_000), 0);
         // It holds across instances (restarts): the record is in KV.
-        assert_eq!(Budget::load(&p, &FAMILY).wait_millis(T + 30_000), 30_001);
+        assert_eq!(Budget::load(&p, &FAMILY).wait_millis(T + 30_000), 30_000);
     }
 
     #[test]
@@ -193,7 +193,7 @@ mod tests {
         }
         assert_eq!(
             b.wait_millis(T + 244_000),
-            3_600_001 - 244_000,
+            3_600_000 - 244_000,
             "20 calls: wait for the hour's first to leave"
         );
     }
@@ -207,11 +207,11 @@ mod tests {
         let p = FakePlatform::new();
         let mut b = Budget::load(&p, &ONE);
         b.spend(&p, 1_700_000_000_250);
-        assert_eq!(b.wait_millis(1_700_000_000_600), 651);
-        assert_eq!(b.wait_millis(1_700_000_001_251), 0);
+        assert_eq!(b.wait_millis(1_700_000_000_600), 650);
+        assert_eq!(b.wait_millis(1_700_000_001_250), 0);
         // A record written in whole seconds reads as milliseconds.
         p.kv.borrow_mut()
             .insert("budget:one".into(), "[1700000000]".into());
-        assert_eq!(Budget::load(&p, &ONE).wait_millis(1_700_000_000_500), 501);
+        assert_eq!(Budget::load(&p, &ONE).wait_millis(1_700_000_000_500), 500);
     }
 }

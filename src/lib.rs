@@ -28,6 +28,8 @@ mod window;
 pub mod wit;
 
 #[cfg(test)]
+mod reality_tests;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
