@@ -45,6 +45,10 @@ pub struct Stream {
     /// Records read in the part so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub read: u64,
+    /// When the last window opened (its `end`): between windows, so that polls made for
+    /// other data types do not open one at every page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -84,6 +88,10 @@ impl Stream {
         self.end.as_deref().map(parse).transpose()
     }
 
+    pub fn opened_time(&self) -> Result<Option<Timestamp>, String> {
+        self.opened.as_deref().map(parse).transpose()
+    }
+
     /// Between windows: the next poll opens one.
     pub fn is_idle(&self) -> bool {
         self.to.is_none()
@@ -91,6 +99,7 @@ impl Stream {
 
     fn check(&self) -> Result<(), String> {
         self.from_time()?;
+        self.opened_time()?;
         let (to, end) = (self.to_time()?, self.end_time()?);
         match (to, end) {
             (None, None) => Ok(()),

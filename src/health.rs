@@ -108,6 +108,11 @@ impl TypeHealth {
             .is_none_or(|(since, _)| now.unix_millis() - since >= FALLBACK_RETRY_SECS * 1000)
     }
 
+    /// The last request was throttled: the type has work it could not do yet.
+    pub fn throttled(&self) -> bool {
+        matches!(self.last, Some((Code::Throttled, _)))
+    }
+
     pub fn succeeded(&mut self) {
         self.failures = 0;
         self.resume_at = None;

@@ -44,6 +44,8 @@ pub struct Instance {
     /// Data types that opened a window during this instance's life. A window resumed from
     /// a cursor was opened by an earlier process, maybe long ago: see `poll`.
     opened_here: Vec<&'static str>,
+    /// The connector's suggested seconds between polls.
+    poll_interval_secs: u32,
 }
 
 pub fn describe<C: Connector>() -> Metadata {
@@ -100,6 +102,7 @@ impl Instance {
             queries,
             token: None,
             opened_here: Vec::new(),
+            poll_interval_secs: C::POLL_INTERVAL_SECS,
         })
     }
 
@@ -132,17 +135,21 @@ impl Instance {
             .iter()
             .map(|name| TypeHealth::load(p, name))
             .collect();
-        // While a window is being read, only those data types poll (a catch-up does not
-        // open a fresh window for the others at every page); types waiting out a
-        // throttle or a backoff do not count as reading.
+        // A data type has work pending while it is reading a window or waiting out a
+        // throttle. Meanwhile the host polls again at once (or after the wait), and the
+        // idle types open a fresh window at most once per poll interval, not at every
+        // page of someone else's catch-up.
         let reading = |name: &str, h: &TypeHealth, c: &Cursor| {
             !c.streams[name].is_idle() && h.wait_millis(now) == 0
         };
-        let paging = self
+        let pending =
+            |name: &str, h: &TypeHealth, c: &Cursor| !c.streams[name].is_idle() || h.throttled();
+        let busy = self
             .queries
             .iter()
             .zip(&health)
-            .any(|(q, h)| reading(q.data_type.name, h, &cursor));
+            .any(|(q, h)| pending(q.data_type.name, h, &cursor));
+        let interval = i64::from(self.poll_interval_secs);
 
         let mut events = Vec::new();
         let mut failures: Vec<(&str, Failure, u32, u32)> = Vec::new();
@@ -156,12 +163,17 @@ impl Instance {
             let name = q.data_type.name;
             let stream = cursor.streams.get_mut(name).expect("inserted above");
             let idle = stream.is_idle();
-            if paging && idle {
+            let opened_lately = stream
+                .opened_time()
+                .ok()
+                .flatten()
+                .is_some_and(|t| now.unix_secs() - t.unix_secs() < interval);
+            if busy && idle && !h.throttled() && opened_lately {
                 continue;
             }
             let wait = h.wait_millis(now);
             if wait > 0 {
-                if !idle {
+                if !idle || h.throttled() {
                     waits.push(wait);
                 }
                 continue;

@@ -309,9 +309,11 @@ fn throttling_is_honoured_and_keeps_the_cursor() {
         ),
         other => panic!("{other:?}"),
     }
-    // Polled again before the backoff is over: it waits instead of calling Graph.
+    // Polled again before the backoff is over: it asks the host to wait instead of calling
+    // Graph.
     let early = poll(&mut i, &p, None).unwrap();
-    assert!(early.events.is_empty() && early.wait_secs.is_none() && !early.more);
+    assert!(early.events.is_empty() && early.more, "{early:?}");
+    assert!(matches!(early.wait_secs, Some(2..=4)), "{early:?}");
     assert_eq!(early.degraded.len(), 1, "{:?}", early.degraded);
     p.now.set(p.now.get().plus_secs(4));
     p.respond_json(200, page(vec![alert("a1", "2026-11-20T11:00:00Z")], None));

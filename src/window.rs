@@ -348,7 +348,10 @@ fn advance(
         };
     }
     // The whole window is read. The next one reaches back by the lateness Graph shows.
-    Stream::starting_at(end.minus_secs(overlap).max(origin))
+    Stream {
+        opened: Some(end.to_rfc3339()),
+        ..Stream::starting_at(end.minus_secs(overlap).max(origin))
+    }
 }
 
 fn load_dedup(p: &dyn Platform, name: &str, key: &str) -> Result<Dedup, Failure> {
