@@ -91,6 +91,28 @@ impl Instance {
         }
     }
 
+    /// Takes one call from `family`'s budget, waiting up to `max_ms` for it. For
+    /// `validate`, whose probes come back to back (two Identity Protection lists in one
+    /// second draw a 429): if the clock did not move while it waited (fixture replay), the
+    /// call is made anyway, as after a real wait.
+    pub(crate) fn wait_for_call(
+        &self,
+        p: &dyn Platform,
+        family: &Family,
+        max_ms: i64,
+    ) -> Result<(), i64> {
+        match self.take_call(p, family) {
+            Err(wait) if wait <= max_ms => {
+                p.sleep_millis(wait as u64);
+                if self.take_call(p, family).is_err() {
+                    Budget::load(p, family).spend(p, p.now().unix_millis());
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// GET with the bearer token; a 401 gets one fresh token and one more try.
     pub(crate) fn get(
         &mut self,

@@ -17,6 +17,9 @@ pub trait Platform {
     fn now(&self) -> Timestamp;
     /// A random number, for backoff jitter.
     fn random(&self) -> u64;
+    /// Blocks for a short while: `validate`, which has no later poll to wait for, uses it
+    /// to keep a call budget between its probes.
+    fn sleep_millis(&self, ms: u64);
 }
 
 /// The host imports of the component.
@@ -50,5 +53,9 @@ impl Platform for Wasi {
         std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish()
+    }
+    fn sleep_millis(&self, ms: u64) {
+        // wasi:clocks/monotonic-clock through std; the host sees a blocking poll.
+        std::thread::sleep(std::time::Duration::from_millis(ms))
     }
 }

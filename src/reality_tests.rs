@@ -319,27 +319,39 @@ fn data_types_of_one_family_share_its_budget_and_throttling_backs_off_with_jitte
     );
     assert!(first.more && first.wait_secs == Some(1), "{first:?}");
 
+    // The waiting type goes first now (its window is the oldest): a 429 without
+    // Retry-After (these lists never send one). It backs off on its own with jitter; the
+    // other type has read its window lately and leaves the call to it.
     p.now.set(p.now.get().plus_secs(1));
-    // A 429 without Retry-After (these lists never send one).
     p.respond_json(
         429,
         json!({"error": {"code": "TooManyRequests", "message": "Too many requests."}}),
     );
-    // The throttled type backs off on its own; the other waits for the shared budget.
-    let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
-    assert_eq!(second.degraded.len(), 1);
-    assert_eq!(second.degraded[0].data_type, "risky");
-    assert_eq!(second.degraded[0].code, Degradation::Throttled);
-    assert_eq!(second.wait_secs, Some(1));
+    match poll(&mut i, &p, Some(&first.cursor)) {
+        Err(PollError::RateLimited(r)) => assert!((1..=2).contains(&r.after_secs), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.urls().last().unwrap().contains("riskDetections"));
+    // Polled again within the backoff: nothing to do but wait, and the health says why.
+    let calls = p.urls().len();
+    p.now.set(p.now.get().plus_secs(1));
+    let early = poll(&mut i, &p, Some(&first.cursor)).unwrap();
+    assert_eq!(
+        p.urls().len(),
+        calls,
+        "nothing to do before the backoff is over"
+    );
+    assert_eq!(early.wait_secs, Some(1));
+    assert!(early.more);
+    assert_eq!(early.degraded.len(), 1);
+    assert_eq!(early.degraded[0].data_type, "detections");
+    assert_eq!(early.degraded[0].code, Degradation::Throttled);
     p.now.set(p.now.get().plus_secs(1));
     p.respond_json(200, page(vec![], None, None));
-    let third = poll(&mut i, &p, Some(&second.cursor)).unwrap();
-    assert_eq!(p.urls().last().unwrap().contains("riskDetections"), true);
-    assert_eq!(third.degraded.len(), 1, "risky still backs off (1-2 s)");
-    p.now.set(p.now.get().plus_secs(2));
-    p.respond_json(200, page(vec![], None, None));
-    let fourth = poll(&mut i, &p, Some(&third.cursor)).unwrap();
-    assert!(fourth.degraded.is_empty(), "{fourth:?}");
+    let third = poll(&mut i, &p, Some(&early.cursor)).unwrap();
+    assert!(p.urls().last().unwrap().contains("riskDetections"));
+    assert!(third.degraded.is_empty(), "{third:?}");
+    assert!(!third.more);
     for r in p.requests().iter().filter(|r| r.method == "GET") {
         assert!(
             r.headers

@@ -135,21 +135,34 @@ impl Instance {
             .iter()
             .map(|name| TypeHealth::load(p, name))
             .collect();
-        // A data type has work pending while it is reading a window or waiting out a
-        // throttle. Meanwhile the host polls again at once (or after the wait), and the
-        // idle types open a fresh window at most once per poll interval, not at every
-        // page of someone else's catch-up.
+        // A data type has work pending while it is reading a window, waiting out a
+        // throttle, or due for a fresh window (none opened within the poll interval).
+        // Meanwhile the host polls again at once (or after a wait), and the other idle
+        // types do not open a window at every one of those polls.
+        let interval = i64::from(self.poll_interval_secs);
+        let opened_lately = |s: &Stream| {
+            s.opened_time()
+                .ok()
+                .flatten()
+                .is_some_and(|t| now.unix_secs() - t.unix_secs() < interval)
+        };
         let reading = |name: &str, h: &TypeHealth, c: &Cursor| {
             !c.streams[name].is_idle() && h.wait_millis(now) == 0
         };
-        let pending =
-            |name: &str, h: &TypeHealth, c: &Cursor| !c.streams[name].is_idle() || h.throttled();
-        let busy = self
-            .queries
-            .iter()
-            .zip(&health)
-            .any(|(q, h)| pending(q.data_type.name, h, &cursor));
-        let interval = i64::from(self.poll_interval_secs);
+        let busy = self.queries.iter().zip(&health).any(|(q, h)| {
+            let s = &cursor.streams[q.data_type.name];
+            !s.is_idle() || !opened_lately(s) || h.throttled()
+        });
+        // The type whose window opened longest ago goes first, so that types sharing a
+        // family's budget (one call a second) take turns instead of the first starving the
+        // second.
+        let mut order: Vec<usize> = (0..self.queries.len()).collect();
+        order.sort_by_key(|&i| {
+            cursor.streams[self.queries[i].data_type.name]
+                .opened_time()
+                .ok()
+                .flatten()
+        });
 
         let mut events = Vec::new();
         let mut failures: Vec<(&str, Failure, u32, u32)> = Vec::new();
@@ -159,16 +172,13 @@ impl Instance {
         let mut budget_spent: Vec<&str> = Vec::new();
         let mut succeeded = 0;
         let mut finished_resumed_window = false;
-        for (q, h) in self.queries.clone().iter().zip(health.iter_mut()) {
+        let queries = self.queries.clone();
+        for i in order {
+            let (q, h) = (&queries[i], &mut health[i]);
             let name = q.data_type.name;
             let stream = cursor.streams.get_mut(name).expect("inserted above");
             let idle = stream.is_idle();
-            let opened_lately = stream
-                .opened_time()
-                .ok()
-                .flatten()
-                .is_some_and(|t| now.unix_secs() - t.unix_secs() < interval);
-            if busy && idle && !h.throttled() && opened_lately {
+            if busy && idle && opened_lately(stream) && !h.throttled() {
                 continue;
             }
             let wait = h.wait_millis(now);

@@ -141,6 +141,9 @@ impl Platform for FakePlatform {
     fn random(&self) -> u64 {
         999
     }
+    fn sleep_millis(&self, ms: u64) {
+        self.now.set(self.now.get().plus_millis(ms as i64));
+    }
 }
 
 pub fn config() -> Config {

@@ -78,6 +78,10 @@ impl Timestamp {
         Timestamp(self.0.saturating_sub(secs.saturating_mul(NANOS)))
     }
 
+    pub fn plus_millis(self, ms: i64) -> Self {
+        Timestamp(self.0.saturating_add(ms.saturating_mul(1_000_000)))
+    }
+
     pub fn plus_secs(self, secs: i64) -> Self {
         Timestamp(self.0.saturating_add(secs.saturating_mul(NANOS)))
     }

@@ -117,7 +117,7 @@ impl Instance {
                 .token(p)
                 .map_err(|e| fail(ValidationCode::Network, e.describe(), "try again"))?
                 .bearer();
-            if let Err(wait) = self.take_call(p, q.data_type.family) {
+            if let Err(wait) = self.wait_for_call(p, q.data_type.family, 5_000) {
                 return Err(fail(
                     ValidationCode::ApiUnavailable,
                     format!(

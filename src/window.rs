@@ -48,6 +48,7 @@ impl Instance {
             s.from = from.to_rfc3339();
             s.end = Some(end.to_rfc3339());
             s.to = Some(end.to_rfc3339());
+            s.opened = Some(end.to_rfc3339());
         }
         let from = s.from_time().map_err(Failure::Fatal)?;
         let to = s.to_time().map_err(Failure::Fatal)?.expect("set above");
@@ -188,8 +189,8 @@ impl Instance {
         let dedup_key = Dedup::key(t.name);
         let mut dedup = load_dedup(p, t.name, &dedup_key)?;
         s.read += page.records.len() as u64;
-        let (mut events, mut skipped, mut repeated) =
-            (Vec::with_capacity(page.records.len()), 0, 0);
+        let (mut events, mut skipped, mut repeated, mut outside) =
+            (Vec::with_capacity(page.records.len()), 0, 0, 0);
         for record in page.records {
             let Some([id, window, time]) = record.fields else {
                 skipped += 1;
@@ -200,6 +201,13 @@ impl Instance {
                 skipped += 1;
                 continue;
             };
+            if window_time < from.floor_secs() {
+                // Older than the watermark: delivered before (and maybe forgotten by
+                // dedup), or before the backfill. Graph should not send it; a server
+                // that ignores the filter must not cause a repeat.
+                outside += 1;
+                continue;
+            }
             let version = if t.versioned {
                 window.to_string()
             } else {
@@ -226,6 +234,15 @@ impl Instance {
                 &format!(
                     "{}: skipped {skipped} record(s) without an `id` or a valid `{}`",
                     t.name, t.window_field
+                ),
+            );
+        }
+        if outside > 0 {
+            p.log(
+                Level::Debug,
+                &format!(
+                    "{}: {outside} record(s) older than the window, already delivered",
+                    t.name
                 ),
             );
         }
@@ -344,6 +361,7 @@ fn advance(
             to: Some(next_to.to_rfc3339()),
             end: s.end,
             step,
+            opened: s.opened,
             ..Stream::default()
         };
     }
