@@ -186,13 +186,13 @@ fn a_state_file_cut_short_by_a_crash_is_refused_or_opens_cleanly_never_panics() 
 }
 
 #[test]
-fn every_release_component_stays_within_the_300_kib_size_budget() {
+fn every_release_component_stays_within_the_1_mib_size_budget() {
     for connector in ["defender-alerts", "defender-incidents", "entra"] {
         let size = std::fs::metadata(support::component_wasm(connector))
             .unwrap()
             .len();
         assert!(
-            size <= 300 * 1024,
+            size <= 1024 * 1024,
             "{connector}: {size} bytes (see BENCHMARKS.md)"
         );
     }
