@@ -33,6 +33,10 @@ pub struct DataType {
     /// How far each window reaches back before the newest record seen, so records Graph
     /// shows late are not missed. Dedup absorbs the overlap.
     pub overlap_secs: i64,
+    /// The tenant licence the API needs beyond the permission (e.g. `Microsoft Entra ID
+    /// P2`), named by `validate` when Graph answers that the tenant lacks it; `None` when
+    /// the API needs none.
+    pub licence: Option<&'static str>,
 }
 
 impl DataType {
@@ -57,6 +61,7 @@ impl DataType {
             page_size,
             order_by_window: false,
             overlap_secs: 600,
+            licence: None,
         }
     }
 
@@ -71,6 +76,12 @@ impl DataType {
     /// The endpoint documents `$orderby` on the window field: read oldest first.
     pub const fn ordered(mut self) -> Self {
         self.order_by_window = true;
+        self
+    }
+
+    /// The API needs this tenant licence, e.g. `Microsoft Entra ID P2`.
+    pub const fn licensed(mut self, licence: &'static str) -> Self {
+        self.licence = Some(licence);
         self
     }
 }

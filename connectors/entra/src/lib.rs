@@ -6,7 +6,8 @@ use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
 // Audit records never change (`version` empty). No maximum (nor default) page size is
-// documented, so no `$top`; the only list here that documents `$orderby`.
+// documented, so no `$top`; the only list here that documents `$orderby`. Needs no licence
+// beyond the permission.
 const DIRECTORY_AUDITS: DataType = DataType::new(
     "directory_audits",
     "entra.directory_audit",
@@ -17,7 +18,8 @@ const DIRECTORY_AUDITS: DataType = DataType::new(
 )
 .ordered();
 
-// 1,000 is the documented default and maximum page size.
+// 1,000 is the documented default and maximum page size. Sign-in logs need Entra ID P1
+// or P2; the risk fields this type filters on read `hidden` without P2.
 const RISKY_SIGN_INS: DataType = DataType::new(
     "risky_sign_ins",
     "entra.risky_sign_in",
@@ -25,7 +27,8 @@ const RISKY_SIGN_INS: DataType = DataType::new(
     &["AuditLog.Read.All"],
     "createdDateTime",
     1000,
-);
+)
+.licensed("Microsoft Entra ID P1 or P2 for sign-in logs, P2 for their risk fields");
 
 /// Sign-ins Identity Protection assessed as risky. The reference documents `eq` on
 /// `riskLevelDuringSignIn`; the clauses are joined with `or`. The risk fields need Entra ID
@@ -42,7 +45,8 @@ const RISKY_USERS: DataType = DataType::new(
     "riskLastUpdatedDateTime",
     500,
 )
-.versioned_by("riskLastUpdatedDateTime");
+.versioned_by("riskLastUpdatedDateTime")
+.licensed("Microsoft Entra ID P2");
 
 // Windowed on the last update so a detection whose state changes comes again; the event
 // time is the risky activity's. 500 is the documented maximum page size.
@@ -54,7 +58,8 @@ const RISK_DETECTIONS: DataType = DataType::new(
     "activityDateTime",
     500,
 )
-.versioned_by("lastUpdatedDateTime");
+.versioned_by("lastUpdatedDateTime")
+.licensed("Microsoft Entra ID P1 or P2");
 
 const TYPES: &[DataType] = &[
     DIRECTORY_AUDITS,
