@@ -533,6 +533,7 @@ fn describe(component: &LoadedComponent) -> Result<(), Failure> {
         "event_kinds": m.event_kinds,
         "permissions": m.permissions,
         "secrets": m.secrets,
+        "wit": component.wit_version().package(),
         "poll_interval_secs": m.poll_interval_secs,
         "config_schema": schema,
     });

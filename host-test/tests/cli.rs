@@ -19,6 +19,7 @@ fn describe_prints_the_metadata_and_the_config_schema() {
             .contains(&json!("SecurityAlert.Read.All"))
     );
     assert!(doc["config_schema"]["properties"]["service_sources"].is_object());
+    assert_eq!(doc["wit"], "secops:connector@0.2.0");
 }
 
 fn run_with_config(config: serde_json::Value) -> std::process::Output {

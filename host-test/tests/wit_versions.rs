@@ -35,6 +35,7 @@ fn the_0_1_0_alerts_component_loads_as_0_1_and_describes_itself() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["name"], "defender-alerts");
     assert_eq!(doc["version"], "0.1.0");
+    assert_eq!(doc["wit"], "secops:connector@0.1.0");
     assert!(doc["config_schema"]["properties"]["service_sources"].is_object());
     // 0.1 has no `secrets` in its metadata: the host shows none rather than guessing.
     assert_eq!(doc["secrets"], serde_json::json!([]));

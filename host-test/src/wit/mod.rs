@@ -81,8 +81,7 @@ pub enum Detected {
 }
 
 /// The WIT version a component was built for, from the `secops:connector/…@x.y.z` names
-/// of its imports and exports. The `connector` export decides; an import of another
-/// version (which no toolchain produces) is reported as that unknown version.
+/// of its imports and exports, which must all name one version the host knows.
 pub fn detect(engine: &wasmtime::Engine, component: &Component) -> Detected {
     let ty = component.component_type();
     let names = ty
@@ -96,10 +95,18 @@ pub fn detect(engine: &wasmtime::Engine, component: &Component) -> Detected {
         };
         let version = rest.rsplit_once('@').map_or("", |(_, v)| v);
         let known = WitVersion::of(version);
-        match &found {
-            None => found = Some((version.to_string(), known)),
-            Some((_, first)) if known.is_some() && known == *first => {}
-            Some(_) => return Detected::Unknown(format!("secops:connector@{version}")),
+        if let Some((first_version, first)) = &found {
+            if known.is_none() || known != *first {
+                let found = if version == first_version {
+                    format!("secops:connector@{version}")
+                } else {
+                    // No toolchain mixes versions, but a hand-made component could.
+                    format!("secops:connector@{first_version} mixed with @{version}")
+                };
+                return Detected::Unknown(found);
+            }
+        } else {
+            found = Some((version.to_string(), known));
         }
     }
     match found {
