@@ -168,7 +168,10 @@ fn refusal(body: &TokenErrorBody, secret_is_guid: bool, config: &Config) -> Auth
         .unwrap_or_default()
         .trim();
     let has = |code: u64| body.error_codes.contains(&code);
-    let (code, message, remedy): (ValidationCode, &str, String) = if has(90002) || has(900023) || has(90072) {
+    let (code, message, remedy): (ValidationCode, &str, String) = if has(90002)
+        || has(900023)
+        || has(90072)
+    {
         (
             ValidationCode::TenantNotFound,
             "the tenant was not found",
@@ -218,7 +221,8 @@ fn refusal(body: &TokenErrorBody, secret_is_guid: bool, config: &Config) -> Auth
         (
             ValidationCode::SecretExpired,
             "the client secret has expired",
-            "create a new client secret under Certificates & secrets and configure its Value".into(),
+            "create a new client secret under Certificates & secrets and configure its Value"
+                .into(),
         )
     } else if (has(7000215) || body.error == "invalid_client") && secret_is_guid {
         (

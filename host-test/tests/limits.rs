@@ -141,7 +141,11 @@ fn degraded_types_show_in_status_until_a_committed_poll_reports_none() {
     // A failed poll says nothing new about the data types: the list stays.
     let failed = sb.run("fail", &[]);
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
-    assert!(status().contains("risk_detections throttled"), "{}", status());
+    assert!(
+        status().contains("risk_detections throttled"),
+        "{}",
+        status()
+    );
 
     // The next committed poll reports none: cleared, and its event is complete.
     let next = sb.run("degraded", &[]);

@@ -258,7 +258,7 @@ fn validate_names_each_cause() {
     let text = |name: &str| outcomes[name].as_str().unwrap().to_string();
     assert!(
         text("validate-missing-permission-403")
-            .contains("lacks the application permission SecurityAlert.Read.All"),
+            .contains("lacks an application permission it requires: SecurityAlert.Read.All"),
         "{}",
         text("validate-missing-permission-403")
     );

@@ -17,18 +17,14 @@ fn alerts_0_1_0() -> PathBuf {
 #[test]
 fn the_0_1_0_alerts_component_loads_as_0_1_and_describes_itself() {
     let engine = connector_host::engine::HostEngine::new(Some(support::cache_dir())).unwrap();
-    let loaded = engine.load(&alerts_0_1_0()).expect("the 0.1.0 component loads");
-    assert_eq!(
-        loaded.wit_version(),
-        connector_host::wit::WitVersion::V0_1
-    );
+    let loaded = engine
+        .load(&alerts_0_1_0())
+        .expect("the 0.1.0 component loads");
+    assert_eq!(loaded.wit_version(), connector_host::wit::WitVersion::V0_1);
     let current = engine
         .load(&support::alerts_wasm())
         .expect("the current component loads");
-    assert_eq!(
-        current.wit_version(),
-        connector_host::wit::WitVersion::V0_2
-    );
+    assert_eq!(current.wit_version(), connector_host::wit::WitVersion::V0_2);
 
     let out = run_host(&["describe", alerts_0_1_0().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -66,12 +62,7 @@ fn the_0_1_0_alerts_component_validates_and_delivers_every_alert_version_once() 
         "--secrets",
         &files.path("secrets.json"),
     ]);
-    assert_eq!(
-        text(&validate.stdout),
-        "ok\n",
-        "{}",
-        text(&validate.stderr)
-    );
+    assert_eq!(text(&validate.stdout), "ok\n", "{}", text(&validate.stderr));
 
     let first = run();
     assert!(first.status.success(), "{}", text(&first.stderr));

@@ -45,12 +45,8 @@ impl WitVersion {
     pub fn add_to_linker(self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_sync(linker)?;
         match self {
-            WitVersion::V0_1 => {
-                v0_1::ConnectorWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
-            }
-            WitVersion::V0_2 => {
-                v0_2::ConnectorWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
-            }
+            WitVersion::V0_1 => v0_1::ConnectorWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
+            WitVersion::V0_2 => v0_2::ConnectorWorld::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
         }
     }
 
