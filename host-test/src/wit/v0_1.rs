@@ -179,3 +179,77 @@ pub fn poll_error(e: old::PollError) -> new::PollError {
         old::PollError::Fatal(m) => new::PollError::Fatal(m),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_0_1_validation_code_keeps_its_name() {
+        use old::ValidationCode as C;
+        let codes = [
+            (C::InvalidConfig, "invalid-config"),
+            (C::TenantNotFound, "tenant-not-found"),
+            (C::ClientNotFound, "client-not-found"),
+            (C::InvalidSecret, "invalid-secret"),
+            (C::SecretIdNotValue, "secret-id-not-value"),
+            (C::SecretExpired, "secret-expired"),
+            (C::NoAdminConsent, "no-admin-consent"),
+            (C::MissingPermission, "missing-permission"),
+            (C::ApiUnavailable, "api-unavailable"),
+            (C::Network, "network"),
+        ];
+        for (code, name) in codes {
+            let e = validation_error(old::ValidationError {
+                code,
+                message: "m".into(),
+                remedy: "r".into(),
+            });
+            assert_eq!(
+                (e.code.as_str(), e.message.as_str(), e.remedy.as_str()),
+                (name, "m", "r")
+            );
+        }
+    }
+
+    #[test]
+    fn a_0_1_batch_is_complete_and_reports_nothing_degraded() {
+        let b = batch(old::Batch {
+            events: vec![types::Event {
+                id: "a1".into(),
+                version: "v1".into(),
+                kind: "defender.alert".into(),
+                timestamp: "2026-11-20T12:00:00Z".into(),
+                payload: "{}".into(),
+            }],
+            cursor: "c".into(),
+            more: true,
+            wait_secs: Some(30),
+        });
+        assert!(b.degraded.is_empty());
+        assert_eq!(
+            (b.cursor.as_str(), b.more, b.wait_secs),
+            ("c", true, Some(30))
+        );
+        let e = &b.events[0];
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.version.as_str(),
+                e.kind.as_str(),
+                e.payload.as_str()
+            ),
+            ("a1", "v1", "defender.alert", "{}")
+        );
+        assert_eq!(e.incomplete, None);
+        match poll_error(old::PollError::RateLimited(old::Retry {
+            after_secs: 7,
+            message: "429".into(),
+        })) {
+            new::PollError::RateLimited(r) => {
+                assert_eq!((r.after_secs, r.message.as_str()), (7, "429"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
