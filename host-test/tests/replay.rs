@@ -417,7 +417,23 @@ fn incidents_validate_names_the_missing_incident_permission() {
             ("validate-missing-permission", "error: missing-permission: "),
             ("validate-no-admin-consent", "error: no-admin-consent: "),
             ("validate-api-unavailable", "error: api-unavailable: "),
+            (
+                "validate-missing-permission-403",
+                "error: missing-permission: ",
+            ),
         ],
+    );
+    assert!(
+        outcomes["validate-missing-permission-403"]
+            .as_str()
+            .unwrap()
+            .contains("requires: SecurityIncident.Read.All,SecurityIncident.ReadWrite.All")
+    );
+    assert!(
+        outcomes["validate-api-unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("Defender is not provisioned or not licensed for this tenant")
     );
     assert!(
         outcomes["validate-missing-permission"]
@@ -597,6 +613,7 @@ fn every_fixture_scenario_has_a_test() {
                 "validate-missing-permission",
                 "validate-no-admin-consent",
                 "validate-api-unavailable",
+                "validate-missing-permission-403",
             ],
         ),
     ];
