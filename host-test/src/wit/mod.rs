@@ -66,7 +66,7 @@ fn major_minor(version: &str) -> String {
     v.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
 }
 
-/// Why a component's WIT version was not recognised.
+/// What the names of a component's imports and exports say about its WIT version.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Detected {
     Known(WitVersion),
