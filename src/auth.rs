@@ -142,11 +142,24 @@ pub fn fetch_token(p: &dyn Platform, config: &Config) -> Result<Token, AuthError
             response.status
         )));
     }
-    Err(refusal(&body, is_guid(&secret)))
+    Err(refusal(&body, is_guid(&secret), config))
 }
 
-/// Maps an AADSTS error to the cause a user can act on.
-fn refusal(body: &TokenErrorBody, secret_is_guid: bool) -> AuthError {
+/// The URL at which an admin of the configured tenant consents to the app, in the
+/// configured cloud: what creates the app's service principal there.
+pub fn admin_consent_url(config: &Config) -> String {
+    format!(
+        "{}/{}/adminconsent?client_id={}",
+        config.login_base,
+        enc(&config.tenant_id),
+        enc(&config.client_id)
+    )
+}
+
+/// Maps an AADSTS error to the cause a user can act on. The codes are checked before the
+/// OAuth `error`: several causes share `invalid_client` (a wrong secret, no service
+/// principal), and only the code tells them apart.
+fn refusal(body: &TokenErrorBody, secret_is_guid: bool, config: &Config) -> AuthError {
     // The description's first line names the AADSTS code and cause; the rest is trace ids.
     let said = body
         .error_description
@@ -155,43 +168,80 @@ fn refusal(body: &TokenErrorBody, secret_is_guid: bool) -> AuthError {
         .unwrap_or_default()
         .trim();
     let has = |code: u64| body.error_codes.contains(&code);
-    let (code, message, remedy) = if has(90002) || has(900023) || has(90072) {
+    let (code, message, remedy): (ValidationCode, &str, String) = if has(90002)
+        || has(900023)
+        || has(90072)
+    {
         (
             ValidationCode::TenantNotFound,
             "the tenant was not found",
             "check tenant_id: use the Directory (tenant) ID from the app registration's Overview page, \
-             and the cloud the tenant lives in",
+             and the cloud the tenant lives in".into(),
         )
     } else if has(700016) {
         (
             ValidationCode::ClientNotFound,
             "no application with this client ID exists in the tenant",
-            "check client_id: use the Application (client) ID of an app registered in this tenant",
+            // An app registered in another tenant and never consented here answers the
+            // same (GRAPH-REALITY.md), so the remedy covers both.
+            format!(
+                "check client_id: use the Application (client) ID of an app registered in this tenant; \
+                 an app registered in another tenant must first be consented here by an admin: {}",
+                admin_consent_url(config)
+            ),
+        )
+    } else if has(7000112) {
+        (
+            ValidationCode::AppDisabled,
+            "the app is disabled in this tenant",
+            "in the Entra admin center, open Enterprise applications > this app > Properties and set \
+             \"Enabled for users to sign-in?\" to Yes (ask the tenant's admins first why it was disabled)"
+                .to_string(),
+        )
+    } else if has(7000229) {
+        (
+            ValidationCode::NoServicePrincipal,
+            "the app has no service principal in this tenant: no admin of the tenant has consented to it",
+            format!(
+                "an admin of this tenant (Global or Privileged Role Administrator) must consent to the \
+                 app: open {} and accept",
+                admin_consent_url(config)
+            ),
+        )
+    } else if has(53003) {
+        (
+            ValidationCode::ConditionalAccess,
+            "a Conditional Access policy blocks the app's sign-in",
+            "ask the tenant's Conditional Access administrator to exclude this app (a workload \
+             identity) from the policy or allow the host's network location; the service principal \
+             sign-in logs name the policy"
+                .to_string(),
         )
     } else if has(7000222) {
         (
             ValidationCode::SecretExpired,
             "the client secret has expired",
-            "create a new client secret under Certificates & secrets and configure its Value",
+            "create a new client secret under Certificates & secrets and configure its Value"
+                .into(),
         )
     } else if (has(7000215) || body.error == "invalid_client") && secret_is_guid {
         (
             ValidationCode::SecretIdNotValue,
             "the configured secret is the secret's ID, not its value",
             "copy the secret's Value column (shown only once, when it is created), not its Secret ID; \
-             create a new secret if the value is lost",
+             create a new secret if the value is lost".into(),
         )
     } else if has(7000215) || body.error == "invalid_client" {
         (
             ValidationCode::InvalidSecret,
             "the client secret is wrong",
-            "copy the Value of a current client secret of this app registration",
+            "copy the Value of a current client secret of this app registration".into(),
         )
     } else {
         (
             ValidationCode::ApiUnavailable,
             "the login endpoint refused to issue a token",
-            "read the AADSTS message and check the app registration",
+            "read the AADSTS message and check the app registration".into(),
         )
     };
     let message = if said.is_empty() {
@@ -202,7 +252,7 @@ fn refusal(body: &TokenErrorBody, secret_is_guid: bool) -> AuthError {
     AuthError::Refused {
         code,
         message,
-        remedy: remedy.into(),
+        remedy,
     }
 }
 
@@ -279,6 +329,16 @@ mod tests {
                 ValidationCode::SecretIdNotValue,
             ),
             (7000222, "s3cr3t~value", ValidationCode::SecretExpired),
+            (7000112, "s3cr3t~value", ValidationCode::AppDisabled),
+            // `invalid_client` like a wrong secret, even with a GUID-shaped secret: the
+            // code decides.
+            (7000229, "s3cr3t~value", ValidationCode::NoServicePrincipal),
+            (
+                7000229,
+                "0b8c4b1e-1d2f-4c7a-9a55-3f2e1d0c9b8a",
+                ValidationCode::NoServicePrincipal,
+            ),
+            (53003, "s3cr3t~value", ValidationCode::ConditionalAccess),
             (50000, "s3cr3t~value", ValidationCode::ApiUnavailable),
         ];
         for (aadsts, secret, want) in cases {
@@ -295,6 +355,37 @@ mod tests {
                     assert!(!message.contains(secret) && !remedy.contains(secret));
                 }
                 other => panic!("AADSTS{aadsts}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn consent_is_asked_for_at_the_configured_clouds_login_host() {
+        let usgov = crate::config::parse(&format!(
+            r#"{{"tenant_id":"{}","client_id":"{}","cloud":"usgov"}}"#,
+            crate::testing::TENANT,
+            crate::testing::CLIENT
+        ))
+        .unwrap()
+        .0;
+        for (config, host) in [
+            (config(), "https://login.microsoftonline.com"),
+            (usgov, "https://login.microsoftonline.us"),
+        ] {
+            let want = format!(
+                "{host}/{}/adminconsent?client_id={}",
+                crate::testing::TENANT,
+                crate::testing::CLIENT
+            );
+            for aadsts in [7000229, 700016] {
+                let p = FakePlatform::new();
+                p.respond_json(400, token_error(aadsts));
+                match fetch_token(&p, &config) {
+                    Err(AuthError::Refused { remedy, .. }) => {
+                        assert!(remedy.contains(&want), "AADSTS{aadsts}: {remedy}")
+                    }
+                    other => panic!("AADSTS{aadsts}: {other:?}"),
+                }
             }
         }
     }

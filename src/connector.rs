@@ -42,6 +42,10 @@ pub struct DataType {
     pub max_depth: u32,
     /// The API family whose throttling limits this list shares.
     pub family: &'static Family,
+    /// The tenant licence the API needs beyond the permission (e.g. `Microsoft Entra ID
+    /// P2`), named by `validate` when Graph answers that the tenant lacks it; `None` when
+    /// the API needs none.
+    pub licence: Option<&'static str>,
 }
 
 /// Lists that Graph throttles together, per app and tenant, and how.
@@ -85,6 +89,7 @@ impl DataType {
             countable: false,
             max_depth: 0,
             family: &UNLIMITED,
+            licence: None,
         }
     }
 
@@ -119,6 +124,12 @@ impl DataType {
     /// The list is throttled with the other lists of `family`.
     pub const fn throttled_as(mut self, family: &'static Family) -> Self {
         self.family = family;
+        self
+    }
+
+    /// The API needs this tenant licence, e.g. `Microsoft Entra ID P2`.
+    pub const fn licensed(mut self, licence: &'static str) -> Self {
+        self.licence = Some(licence);
         self
     }
 }

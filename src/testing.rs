@@ -174,9 +174,12 @@ pub fn token_ok(roles: &[&str]) -> Value {
 }
 
 pub fn token_error(aadsts: u64) -> Value {
+    // The OAuth `error` each code comes with (GRAPH-REALITY.md, "Errors a user must be
+    // told apart"); AADSTS53003's client-credentials form is unknown.
     let error = match aadsts {
-        7000215 | 7000222 => "invalid_client",
-        700016 => "unauthorized_client",
+        7000215 | 7000222 | 7000229 => "invalid_client",
+        700016 | 7000112 => "unauthorized_client",
+        53003 => "access_denied",
         _ => "invalid_request",
     };
     json!({

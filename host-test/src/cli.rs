@@ -494,8 +494,24 @@ fn status(path: &Path) -> Result<(), Failure> {
                 .collect::<String>()
         );
         println!("{}", line.trim_end());
+        if !r.degraded.is_empty() {
+            println!("{:<24} degraded: {}", "", degraded_summary(&r.degraded));
+        }
     }
     Ok(())
+}
+
+/// `risk_detections throttled (429 …), incidents fallback (…)`, on one line.
+fn degraded_summary(degraded: &[crate::state::Degraded]) -> String {
+    degraded
+        .iter()
+        .map(|d| {
+            let message: String = d.message.split_whitespace().collect::<Vec<_>>().join(" ");
+            let message: String = message.chars().take(120).collect();
+            format!("{} {} ({message})", d.data_type, d.code)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe(component: &LoadedComponent) -> Result<(), Failure> {
@@ -517,6 +533,7 @@ fn describe(component: &LoadedComponent) -> Result<(), Failure> {
         "event_kinds": m.event_kinds,
         "permissions": m.permissions,
         "secrets": m.secrets,
+        "wit": component.wit_version().package(),
         "poll_interval_secs": m.poll_interval_secs,
         "config_schema": schema,
     });

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{ConnectorWorld, ConnectorWorldPre, WIT_PACKAGE};
 use crate::imports::HostState;
+use crate::wit::{ConnectorPre, Detected, WitVersion, detect};
 
 /// How often the engine's epoch advances; the granularity of execution deadlines.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -59,8 +59,9 @@ pub enum LoadError {
         cause: wasmtime::Error,
     },
     #[error(
-        "{path} was built for WIT package {found}; this host supports {WIT_PACKAGE}. \
-         Use a connector-host release that supports {found}, or rebuild the connector"
+        "{path} was built for WIT package {found}; this host supports {supported}. \
+         Use a connector-host release that supports {found}, or rebuild the connector",
+        supported = WitVersion::supported()
     )]
     WitVersion { path: PathBuf, found: String },
     #[error("{path} does not fit this host's imports: {cause:#}")]
@@ -70,10 +71,12 @@ pub enum LoadError {
     },
 }
 
-/// The engine, its linker and a ticker thread that drives execution deadlines.
+/// The engine, a linker per WIT version and a ticker thread that drives execution
+/// deadlines.
 pub struct HostEngine {
     engine: Engine,
-    linker: Linker<HostState>,
+    /// One per WIT version: each links its version's import names (`…/http@0.1.0`).
+    linkers: Vec<(WitVersion, Linker<HostState>)>,
     cache_dir: Option<PathBuf>,
 }
 
@@ -81,8 +84,15 @@ pub struct HostEngine {
 #[derive(Clone)]
 pub struct LoadedComponent {
     pub(crate) engine: Engine,
-    pub(crate) pre: ConnectorWorldPre<HostState>,
+    pub(crate) pre: ConnectorPre,
     pub path: PathBuf,
+}
+
+impl LoadedComponent {
+    /// The WIT version the component was built for.
+    pub fn wit_version(&self) -> WitVersion {
+        self.pre.version()
+    }
 }
 
 impl HostEngine {
@@ -96,9 +106,12 @@ impl HostEngine {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         let engine = Engine::new(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        ConnectorWorld::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let mut linkers = Vec::new();
+        for version in WitVersion::ALL {
+            let mut linker = Linker::new(&engine);
+            version.add_to_linker(&mut linker)?;
+            linkers.push((version, linker));
+        }
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("epoch-ticker".into())
@@ -111,7 +124,7 @@ impl HostEngine {
             })?;
         Ok(HostEngine {
             engine,
-            linker,
+            linkers,
             cache_dir,
         })
     }
@@ -134,11 +147,26 @@ impl HostEngine {
             cause,
         })?;
         let component = self.compile_cached(path, &bytes)?;
-        check_wit_version(&self.engine, path, &component)?;
-        let pre = self
-            .linker
+        let version = match detect(&self.engine, &component) {
+            Detected::Known(v) => v,
+            Detected::Unknown(found) => {
+                return Err(LoadError::WitVersion {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            // Not a connector at all: the latest linker names what is missing.
+            Detected::None => *WitVersion::ALL.last().expect("a version"),
+        };
+        let linker = self
+            .linkers
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, l)| l)
+            .expect("a linker per version");
+        let pre = linker
             .instantiate_pre(&component)
-            .and_then(ConnectorWorldPre::new)
+            .and_then(|pre| ConnectorPre::new(version, pre))
             .map_err(|cause| LoadError::Link {
                 path: path.to_path_buf(),
                 cause,
@@ -188,25 +216,4 @@ impl HostEngine {
         }
         Ok(component)
     }
-}
-
-/// Refuses a component built against another major/minor of the WIT package, with both
-/// versions named (instead of the linker's "no matching implementation").
-fn check_wit_version(engine: &Engine, path: &Path, component: &Component) -> Result<(), LoadError> {
-    let supported = WIT_PACKAGE.rsplit_once('@').map(|(_, v)| v).unwrap_or("");
-    let major_minor = |v: &str| v.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-    let ty = component.component_type();
-    for (name, _) in ty.imports(engine) {
-        let Some(rest) = name.strip_prefix("secops:connector/") else {
-            continue;
-        };
-        let version = rest.rsplit_once('@').map(|(_, v)| v).unwrap_or("");
-        if major_minor(version) != major_minor(supported) {
-            return Err(LoadError::WitVersion {
-                path: path.to_path_buf(),
-                found: format!("secops:connector@{version}"),
-            });
-        }
-    }
-    Ok(())
 }

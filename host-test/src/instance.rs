@@ -6,12 +6,11 @@ use std::time::Instant;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::bindings::{
-    Batch, ConfigError, ConnectorWorld, Event, Metadata, PollError, ValidationError,
-};
+use crate::bindings::{Batch, ConfigError, Event, Metadata, PollError, ValidationError};
 use crate::engine::{Limits, LoadedComponent, TICK};
 use crate::imports::{HostState, Wiring};
 use crate::state::KvWrites;
+use crate::wit::Connector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -61,7 +60,8 @@ pub struct PollResult {
 
 pub struct Instance {
     store: Store<HostState>,
-    world: ConnectorWorld,
+    /// The component, through the bindings of its WIT version.
+    world: Connector,
     limits: Limits,
 }
 
@@ -115,7 +115,7 @@ impl Instance {
     fn call<R>(
         &mut self,
         call: &'static str,
-        f: impl FnOnce(&ConnectorWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Connector, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, InstanceError> {
         {
             let s = self.store.data_mut();
@@ -160,21 +160,15 @@ impl Instance {
     }
 
     pub fn describe(&mut self) -> Result<Metadata, InstanceError> {
-        self.call("describe", |w, s| {
-            w.secops_connector_connector().call_describe(s)
-        })
+        self.call("describe", |w, s| w.describe(s))
     }
 
     pub fn configure(&mut self, config: &str) -> Result<Result<(), ConfigError>, InstanceError> {
-        self.call("configure", |w, s| {
-            w.secops_connector_connector().call_configure(s, config)
-        })
+        self.call("configure", |w, s| w.configure(s, config))
     }
 
     pub fn validate(&mut self) -> Result<Result<(), ValidationError>, InstanceError> {
-        self.call("validate", |w, s| {
-            w.secops_connector_connector().call_validate(s)
-        })
+        self.call("validate", |w, s| w.validate(s))
     }
 
     pub fn poll(&mut self, cursor: Option<&str>) -> Result<PollResult, InstanceError> {
@@ -182,9 +176,7 @@ impl Instance {
             let http = &self.store.data().http;
             (http.requests, http.throttled)
         };
-        let outcome = self.call("poll", |w, s| {
-            w.secops_connector_connector().call_poll(s, cursor)
-        })?;
+        let outcome = self.call("poll", |w, s| w.poll(s, cursor))?;
         let s = self.store.data_mut();
         Ok(PollResult {
             outcome,

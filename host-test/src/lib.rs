@@ -2,7 +2,8 @@
 //!
 //! - [`engine`]: the wasmtime engine, the compiled-component cache and per-instance limits;
 //!   [`instance`]: one live component instance and the calls into it.
-//! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`).
+//! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`);
+//!   [`wit`]: one module per WIT version (0.1, 0.2), older ones converted onto the latest.
 //! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines.
 //! - [`runner`]: the poll loop and its delivery guarantees; [`fixture`]: replay of recorded
 //!   HTTP exchanges, [`record`]: recording them from a real tenant, scrubbed; [`serve`]: many
@@ -25,6 +26,7 @@ pub mod secrets;
 pub mod serve;
 pub mod sink;
 pub mod state;
+pub mod wit;
 
 use std::path::PathBuf;
 

@@ -31,6 +31,14 @@ struct ErrorLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabels {
+    instance: String,
+    connector: String,
+    data_type: String,
+    code: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error(
@@ -92,6 +100,13 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
         "1 for a failing instance, labelled with the code of its last error",
         last_error.clone(),
     );
+    let degraded = Family::<DegradedLabels, FloatGauge>::default();
+    registry.register(
+        "connector_degraded",
+        "1 per data type the last committed poll reported as not reading normally, \
+         labelled with how (throttled, transient, failing, fallback)",
+        degraded.clone(),
+    );
 
     let unix = |t: &str| {
         humantime::parse_rfc3339_weak(t)
@@ -128,6 +143,16 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
                     instance: r.instance.clone(),
                     connector: r.connector.clone(),
                     code,
+                })
+                .set(1.0);
+        }
+        for d in &r.degraded {
+            degraded
+                .get_or_create(&DegradedLabels {
+                    instance: r.instance.clone(),
+                    connector: r.connector.clone(),
+                    data_type: d.data_type.clone(),
+                    code: d.code.clone(),
                 })
                 .set(1.0);
         }
@@ -209,6 +234,7 @@ mod tests {
             failures,
             last_error: code.map(|_| "secret-free message".into()),
             last_error_code: code.map(Into::into),
+            degraded: Vec::new(),
         }
     }
 
@@ -235,5 +261,22 @@ mod tests {
         }
         assert!(!text.contains(r#"connector_last_error{instance="ok-tenant""#));
         assert!(!text.contains("secret-free message"), "messages stay out");
+    }
+
+    #[test]
+    fn each_degraded_type_is_a_series_and_its_message_stays_out() {
+        let now = humantime::parse_rfc3339("2026-11-20T12:01:00Z").unwrap();
+        let mut entra = row("entra-tenant", 0, None);
+        entra.connector = "entra".into();
+        entra.degraded = vec![crate::state::Degraded {
+            data_type: "risk_detections".into(),
+            code: "throttled".into(),
+            message: "429 without a wait hint".into(),
+        }];
+        let text = render(&[entra, row("ok-tenant", 0, None)], now);
+        let line = r#"connector_degraded{instance="entra-tenant",connector="entra",data_type="risk_detections",code="throttled"} 1.0"#;
+        assert!(text.contains(line), "{line} missing from\n{text}");
+        assert!(!text.contains(r#"connector_degraded{instance="ok-tenant""#));
+        assert!(!text.contains("wait hint"), "messages stay out");
     }
 }

@@ -411,6 +411,7 @@ impl Runner {
             error: r.message.as_deref(),
             code: Some(code),
             newest_event: None,
+            degraded: None,
         };
         if let Err(e) = self.db().record_poll(&self.setup.instance, &health) {
             tracing::warn!(instance = %self.setup.instance, "cannot record the poll's health: {e}");
@@ -445,6 +446,7 @@ impl Runner {
         let connector = self.connector.clone();
         let routing = self.routing.clone();
         let at = self.now_rfc3339();
+        let degraded = degraded_of(&batch.degraded, &self.setup.redactor);
         let health = PollHealth {
             at: &at,
             ok: true,
@@ -454,6 +456,7 @@ impl Runner {
             error: None,
             code: None,
             newest_event: newest.as_deref(),
+            degraded: Some(&degraded),
         };
         let seqs = self
             .db()
@@ -471,6 +474,7 @@ impl Runner {
                         version: &e.version,
                         timestamp: &e.timestamp,
                         routing: &routing,
+                        incomplete: e.incomplete.as_deref(),
                         payload: &payloads[i],
                     })
                     .expect("an event line serializes")
@@ -514,6 +518,22 @@ fn failed(outcome: &'static str, message: String, requests: u64) -> (Step, PollR
             message: Some(message),
         },
     )
+}
+
+/// The batch's degraded types as the health record keeps them (messages redacted, like
+/// every other text from the component that the host stores).
+fn degraded_of(
+    degraded: &[crate::bindings::DegradedType],
+    redactor: &crate::redact::Redactor,
+) -> Vec<crate::state::Degraded> {
+    degraded
+        .iter()
+        .map(|d| crate::state::Degraded {
+            data_type: d.data_type.clone(),
+            code: d.code.as_str().into(),
+            message: redactor.redact(&d.message),
+        })
+        .collect()
 }
 
 fn checked_payload(e: &Event) -> Result<Box<RawValue>, String> {

@@ -472,6 +472,7 @@ fn record_failure(
         error: Some(message),
         code: Some(code),
         newest_event: None,
+        degraded: None,
     };
     let db = state.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = db.record_poll(name, &health) {

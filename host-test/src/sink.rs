@@ -23,6 +23,10 @@ pub struct EventLine<'a> {
     pub version: &'a str,
     pub timestamp: &'a str,
     pub routing: &'a [String],
+    /// What part of the record could not be read (e.g. an incident's alerts); only on
+    /// events the connector marked incomplete, so complete events' lines are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<&'a str>,
     pub payload: &'a RawValue,
 }
 
@@ -209,5 +213,33 @@ mod tests {
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("{\"seq\":2,\"instance\":\"a\"}\n{\"seq\":3,\"instance\":\"a\"}\n"));
+    }
+
+    #[test]
+    fn an_event_line_names_what_is_incomplete_only_when_something_is() {
+        let payload = RawValue::from_string("{\"id\":\"i1\"}".into()).unwrap();
+        let line = |incomplete| {
+            serde_json::to_string(&EventLine {
+                seq: 1,
+                instance: "t",
+                connector: "defender-incidents",
+                kind: "defender.incident",
+                id: "i1",
+                version: "v",
+                timestamp: "2026-11-20T12:00:00Z",
+                routing: &[],
+                incomplete,
+                payload: &payload,
+            })
+            .unwrap()
+        };
+        assert!(!line(None).contains("incomplete"), "{}", line(None));
+        let marked = line(Some("alerts not read: $expand=alerts keeps failing"));
+        let doc: serde_json::Value = serde_json::from_str(&marked).unwrap();
+        assert_eq!(
+            doc["incomplete"],
+            "alerts not read: $expand=alerts keeps failing"
+        );
+        assert_eq!(doc["payload"]["id"], "i1");
     }
 }

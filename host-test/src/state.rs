@@ -77,6 +77,18 @@ pub struct PollHealth<'a> {
     pub code: Option<&'a str>,
     /// The newest event time of the poll, RFC 3339 with milliseconds (comparable as text).
     pub newest_event: Option<&'a str>,
+    /// The data types a committed poll reported as not reading normally: they replace the
+    /// stored list (empty clears it). `None` (a failed poll) keeps the previous list.
+    pub degraded: Option<&'a [Degraded]>,
+}
+
+/// A data type the connector reported as not reading normally (the WIT `degraded-type`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Degraded {
+    pub data_type: String,
+    /// `throttled`, `transient`, `failing` or `fallback`.
+    pub code: String,
+    pub message: String,
 }
 
 /// An instance's health, as `connector-host status` shows it.
@@ -94,6 +106,8 @@ pub struct HealthRow {
     pub failures: u64,
     pub last_error: Option<String>,
     pub last_error_code: Option<String>,
+    /// As the last committed poll reported them; empty when every type reads normally.
+    pub degraded: Vec<Degraded>,
 }
 
 /// A staged KV write: `Some(value)` sets, `None` deletes.
@@ -128,6 +142,7 @@ impl StateDb {
             StateError::Sql { cause, .. } => corrupt(cause),
             other => other,
         })?;
+        db.add_degraded_column().map_err(|e| db.sql(e))?;
         Ok(db)
     }
 
@@ -204,6 +219,22 @@ impl StateDb {
                  COMMIT;",
             ))
             .map_err(|e| self.sql(e))
+    }
+
+    /// Adds `health.degraded` (JSON of [`Degraded`]s, NULL until a poll reports) to a file
+    /// that lacks it. A step of its own, keyed on the column rather than on the schema
+    /// number, so it composes with any other migration; a no-op read when present.
+    fn add_degraded_column(&self) -> rusqlite::Result<()> {
+        let present: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('health') WHERE name = 'degraded')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !present {
+            self.conn
+                .execute_batch("ALTER TABLE health ADD COLUMN degraded TEXT;")?;
+        }
+        Ok(())
     }
 
     /// Registers the instance on first use; refuses a name that belongs to another connector.
@@ -382,7 +413,7 @@ impl StateDb {
                      h.last_success, h.newest_event, COALESCE(h.events, 0),
                      COALESCE(h.requests, 0), COALESCE(h.throttled, 0),
                      COALESCE(h.waited_secs, 0), COALESCE(h.failures, 0), h.last_error,
-                     h.last_error_code
+                     h.last_error_code, h.degraded
                  FROM instances i FULL JOIN health h ON h.instance = i.name
                  ORDER BY 1",
             )
@@ -402,6 +433,7 @@ impl StateDb {
                     failures: r.get(9)?,
                     last_error: r.get(10)?,
                     last_error_code: r.get(11)?,
+                    degraded: degraded_of(r.get::<_, Option<String>>(12)?.as_deref()),
                 })
             })
             .and_then(|rows| rows.collect())
@@ -435,12 +467,22 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
 }
 
 /// Adds one poll to an instance's health record (inside the poll's transaction, or alone).
+/// The stored degraded list; a value this host cannot read shows as none rather than
+/// failing `status`.
+fn degraded_of(json: Option<&str>) -> Vec<Degraded> {
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
 fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite::Result<()> {
+    let degraded = h
+        .degraded
+        .map(|d| serde_json::to_string(d).expect("degraded types serialize"));
     conn.execute(
         "INSERT INTO health (instance, last_poll, last_success, newest_event, events,
-             requests, throttled, failures, last_error, last_error_code)
+             requests, throttled, failures, last_error, last_error_code, degraded)
          VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7,
-             CASE WHEN ?3 THEN 0 ELSE 1 END, ?8, ?9)
+             CASE WHEN ?3 THEN 0 ELSE 1 END, ?8, ?9, ?10)
          ON CONFLICT (instance) DO UPDATE SET
              last_poll = excluded.last_poll,
              last_success = COALESCE(excluded.last_success, health.last_success),
@@ -453,7 +495,8 @@ fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite:
              throttled = health.throttled + excluded.throttled,
              failures = CASE WHEN ?3 THEN 0 ELSE health.failures + 1 END,
              last_error = COALESCE(excluded.last_error, health.last_error),
-             last_error_code = COALESCE(excluded.last_error_code, health.last_error_code)",
+             last_error_code = COALESCE(excluded.last_error_code, health.last_error_code),
+             degraded = COALESCE(excluded.degraded, health.degraded)",
         params![
             instance,
             h.at,
@@ -463,7 +506,8 @@ fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite:
             h.requests,
             h.throttled,
             h.error,
-            h.code
+            h.code,
+            degraded
         ],
     )
     .map(drop)
@@ -495,6 +539,7 @@ mod tests {
                     error: None,
                     code: None,
                     newest_event: Some("2026-11-20T11:00:00.000Z"),
+                    degraded: None,
                 },
             )
             .unwrap();
@@ -563,6 +608,7 @@ mod tests {
             error: Some("no such component"),
             code: Some("host"),
             newest_event: None,
+            degraded: None,
         };
         // An instance that never started (no state) still shows, with its error.
         db.record_poll("b", &failure).unwrap();
@@ -583,5 +629,93 @@ mod tests {
             summary,
             [("a", "entra", 7, 2, None), ("b", "-", 0, 1, Some("host"))]
         );
+    }
+
+    fn poll_health<'a>(ok: bool, degraded: Option<&'a [Degraded]>) -> PollHealth<'a> {
+        PollHealth {
+            at: "2026-11-20T12:00:00Z",
+            ok,
+            events: 0,
+            requests: 1,
+            throttled: 0,
+            error: (!ok).then_some("boom"),
+            code: (!ok).then_some("transient"),
+            newest_event: None,
+            degraded,
+        }
+    }
+
+    #[test]
+    fn a_committed_poll_replaces_the_degraded_list_and_a_failed_one_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut db = StateDb::open(&path).unwrap();
+        db.ensure_instance("a", "entra").unwrap();
+        let commit = |db: &mut StateDb, degraded: &[Degraded]| {
+            db.commit_poll(
+                "a",
+                0,
+                |_, _| unreachable!(),
+                "c",
+                &KvWrites::new(),
+                &poll_health(true, Some(degraded)),
+            )
+            .unwrap();
+        };
+        let stored = |db: &StateDb| db.health().unwrap()[0].degraded.clone();
+        assert!(stored(&db).is_empty(), "no poll yet: nothing degraded");
+
+        let throttled = vec![Degraded {
+            data_type: "risk_detections".into(),
+            code: "throttled".into(),
+            message: "429 \"quoted\", waiting 60 s".into(),
+        }];
+        commit(&mut db, &throttled);
+        assert_eq!(stored(&db), throttled);
+
+        // A failed poll says nothing about the types: the list stays.
+        db.record_poll("a", &poll_health(false, None)).unwrap();
+        assert_eq!(stored(&db), throttled);
+
+        // It survives a reopen (the column is there, nothing is added twice).
+        drop(db);
+        let mut db = StateDb::open(&path).unwrap();
+        assert_eq!(stored(&db), throttled);
+
+        let two = vec![
+            Degraded {
+                data_type: "incidents".into(),
+                code: "fallback".into(),
+                message: "without $expand=alerts".into(),
+            },
+            Degraded {
+                data_type: "alerts".into(),
+                code: "failing".into(),
+                message: "400".into(),
+            },
+        ];
+        commit(&mut db, &two);
+        assert_eq!(stored(&db), two, "replaced, in the connector's order");
+        commit(&mut db, &[]);
+        assert!(stored(&db).is_empty(), "a poll reporting none clears it");
+    }
+
+    #[test]
+    fn a_file_without_the_degraded_column_gains_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        StateDb::open(&path).unwrap();
+        {
+            // What a host before this column wrote: the same schema number, no column.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "ALTER TABLE health DROP COLUMN degraded;
+                 INSERT INTO health (instance, events) VALUES ('a', 3);",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let rows = db.health().unwrap();
+        assert_eq!((rows[0].events, rows[0].degraded.len()), (3, 0));
     }
 }

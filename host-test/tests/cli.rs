@@ -19,6 +19,7 @@ fn describe_prints_the_metadata_and_the_config_schema() {
             .contains(&json!("SecurityAlert.Read.All"))
     );
     assert!(doc["config_schema"]["properties"]["service_sources"].is_object());
+    assert_eq!(doc["wit"], "secops:connector@0.2.0");
 }
 
 fn run_with_config(config: serde_json::Value) -> std::process::Output {
@@ -198,12 +199,12 @@ fn every_release_component_stays_within_the_1_mib_size_budget() {
     }
 }
 
-/// The alerts component with every `secops:connector` interface renamed to `version`
-/// (same length, so the binary stays valid): what a component built for another WIT
-/// version of the package looks like to the host.
+/// The alerts component (WIT 0.2.0) with every `secops:connector` interface renamed to
+/// `version` (same length, so the binary stays valid): what a component built for another
+/// WIT version of the package looks like to the host.
 fn alerts_built_for(version: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let bytes = std::fs::read(alerts_wasm()).unwrap();
-    let (from, to) = (b"@0.1.0".as_slice(), format!("@{version}").into_bytes());
+    let (from, to) = (b"@0.2.0".as_slice(), format!("@{version}").into_bytes());
     assert_eq!(from.len(), to.len());
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -225,18 +226,19 @@ fn alerts_built_for(version: &str, dir: &std::path::Path) -> std::path::PathBuf 
 }
 
 #[test]
-fn a_component_for_another_wit_minor_version_is_refused_naming_both_versions() {
+fn a_component_for_an_unknown_wit_minor_version_is_refused_naming_the_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let newer = alerts_built_for("0.2.0", dir.path());
+    let newer = alerts_built_for("0.3.0", dir.path());
     let out = run_host(&["describe", &newer.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("secops:connector@0.2.0") && err.contains("secops:connector@0.1.0"),
+        err.contains("built for WIT package secops:connector@0.3.0")
+            && err.contains("supports secops:connector@0.1.0, secops:connector@0.2.0"),
         "{err}"
     );
-    // A patch release of the same minor version is compatible.
-    let patch = alerts_built_for("0.1.9", dir.path());
+    // A patch release of a known minor version is compatible.
+    let patch = alerts_built_for("0.2.9", dir.path());
     let out = run_host(&["describe", &patch.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

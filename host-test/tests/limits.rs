@@ -113,3 +113,45 @@ fn a_huge_batch_is_committed_and_delivered_whole() {
     assert_eq!(lines.len(), 20000);
     assert_eq!(lines.last().unwrap()["seq"], 20000);
 }
+
+#[test]
+fn degraded_types_show_in_status_until_a_committed_poll_reports_none() {
+    let sb = Sandbox::new();
+    let status = || {
+        let out = run_host(&["status", "--state", &sb.path("state.db")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let first = sb.run("degraded", &[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let lines = read_lines(Path::new(&sb.path("out.jsonl")));
+    assert_eq!(
+        lines[0]["incomplete"], "alerts not read: $expand=alerts keeps failing",
+        "the event line says what is missing"
+    );
+    let shown = status();
+    assert!(
+        shown.contains(
+            "degraded: risk_detections throttled (429 without Retry-After; polled again in 60 s), \
+             incidents fallback (read without $expand=alerts)"
+        ),
+        "{shown}"
+    );
+
+    // A failed poll says nothing new about the data types: the list stays.
+    let failed = sb.run("fail", &[]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    assert!(
+        status().contains("risk_detections throttled"),
+        "{}",
+        status()
+    );
+
+    // The next committed poll reports none: cleared, and its event is complete.
+    let next = sb.run("degraded", &[]);
+    assert!(next.status.success(), "{}", text(&next.stderr));
+    assert!(!status().contains("degraded"), "{}", status());
+    let lines = read_lines(Path::new(&sb.path("out.jsonl")));
+    assert_eq!(lines.len(), 2);
+    assert!(lines[1].get("incomplete").is_none(), "{}", lines[1]);
+}

@@ -238,12 +238,42 @@ fn validate_names_each_cause() {
             ("validate-missing-permission", "error: missing-permission: "),
             ("validate-api-unavailable", "error: api-unavailable: "),
             ("validate-network", "error: network: "),
+            ("validate-app-disabled", "error: app-disabled: "),
+            (
+                "validate-no-service-principal",
+                "error: no-service-principal: ",
+            ),
+            ("validate-conditional-access", "error: conditional-access: "),
+            (
+                "validate-missing-permission-403",
+                "error: missing-permission: ",
+            ),
         ],
     );
     let missing = &outcomes["validate-missing-permission"];
     assert!(
         missing.as_str().unwrap().contains("SecurityAlert.Read.All"),
         "names the permission: {missing}"
+    );
+    let text = |name: &str| outcomes[name].as_str().unwrap().to_string();
+    assert!(
+        text("validate-missing-permission-403")
+            .contains("lacks an application permission it requires: SecurityAlert.Read.All"),
+        "{}",
+        text("validate-missing-permission-403")
+    );
+    assert!(
+        text("validate-no-service-principal").contains(
+            "https://login.microsoftonline.com/8f6b2a4e-0c1d-4e5f-9a7b-3c2d1e0f4a5b/adminconsent?client_id=2b7c9d1e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"
+        ),
+        "the remedy links the admin consent: {}",
+        text("validate-no-service-principal")
+    );
+    assert!(
+        text("validate-api-unavailable")
+            .contains("Defender is not provisioned or not licensed for this tenant"),
+        "{}",
+        text("validate-api-unavailable")
     );
     insta::assert_json_snapshot!("validate", outcomes);
 }
@@ -387,7 +417,23 @@ fn incidents_validate_names_the_missing_incident_permission() {
             ("validate-missing-permission", "error: missing-permission: "),
             ("validate-no-admin-consent", "error: no-admin-consent: "),
             ("validate-api-unavailable", "error: api-unavailable: "),
+            (
+                "validate-missing-permission-403",
+                "error: missing-permission: ",
+            ),
         ],
+    );
+    assert!(
+        outcomes["validate-missing-permission-403"]
+            .as_str()
+            .unwrap()
+            .contains("requires: SecurityIncident.Read.All,SecurityIncident.ReadWrite.All")
+    );
+    assert!(
+        outcomes["validate-api-unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("Defender is not provisioned or not licensed for this tenant")
     );
     assert!(
         outcomes["validate-missing-permission"]
@@ -507,7 +553,25 @@ fn entra_validate_names_every_missing_permission_with_its_type() {
         &[
             ("validate-ok", "ok"),
             ("validate-missing-permission", "error: missing-permission: "),
+            ("validate-not-licensed", "error: not-licensed: "),
+            (
+                "validate-missing-permission-403",
+                "error: missing-permission: ",
+            ),
         ],
+    );
+    let not_licensed = outcomes["validate-not-licensed"].as_str().unwrap();
+    assert!(
+        not_licensed.contains("risky_users needs Microsoft Entra ID P2")
+            && not_licensed.contains("risky_sign_ins needs Microsoft Entra ID P1 or P2")
+            && !not_licensed.contains("directory_audits needs"),
+        "names the licence of each selected type that needs one: {not_licensed}"
+    );
+    assert!(
+        outcomes["validate-missing-permission-403"]
+            .as_str()
+            .unwrap()
+            .contains("AuditLog.Read.All")
     );
     let missing = outcomes["validate-missing-permission"].as_str().unwrap();
     assert!(
@@ -539,6 +603,10 @@ fn every_fixture_scenario_has_a_test() {
                 "validate-missing-permission",
                 "validate-api-unavailable",
                 "validate-network",
+                "validate-app-disabled",
+                "validate-no-service-principal",
+                "validate-conditional-access",
+                "validate-missing-permission-403",
             ],
         ),
         (
@@ -553,6 +621,7 @@ fn every_fixture_scenario_has_a_test() {
                 "validate-missing-permission",
                 "validate-no-admin-consent",
                 "validate-api-unavailable",
+                "validate-missing-permission-403",
             ],
         ),
     ];

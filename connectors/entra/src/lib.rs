@@ -9,6 +9,7 @@ use secops_connector::{Connector, DataType, Options, Query, json, register_conne
 // Audit records never change (`version` empty). No `$top`, as Splunk's add-on sends none
 // (pages of 1,000 observed); the only list here that documents `$orderby`. Audit records
 // appear typically within 15 minutes (Microsoft): windows reach back 20.
+// Needs no licence beyond the permission.
 const DIRECTORY_AUDITS: DataType = DataType::new(
     "directory_audits",
     "entra.directory_audit",
@@ -23,6 +24,8 @@ const DIRECTORY_AUDITS: DataType = DataType::new(
 
 // 1,000 is the documented default and maximum page size. Sign-ins appear about 15 minutes
 // late (Wazuh, Splunk users): windows reach back 20.
+// Sign-in logs need Entra ID P1 or P2; the risk fields this type filters on read `hidden`
+// without P2.
 const RISKY_SIGN_INS: DataType = DataType::new(
     "risky_sign_ins",
     "entra.risky_sign_in",
@@ -32,7 +35,8 @@ const RISKY_SIGN_INS: DataType = DataType::new(
     1000,
 )
 .late_by(20 * 60)
-.throttled_as(&families::AUDIT_LOGS);
+.throttled_as(&families::AUDIT_LOGS)
+.licensed("Microsoft Entra ID P1 or P2 for sign-in logs, P2 for their risk fields");
 
 /// Sign-ins Identity Protection assessed as risky. The reference documents `eq` on
 /// `riskLevelDuringSignIn`; the clauses are joined with `or`. The risk fields need Entra ID
@@ -50,7 +54,8 @@ const RISKY_USERS: DataType = DataType::new(
     500,
 )
 .versioned_by("riskLastUpdatedDateTime")
-.throttled_as(&families::IDENTITY_PROTECTION);
+.throttled_as(&families::IDENTITY_PROTECTION)
+.licensed("Microsoft Entra ID P2");
 
 // Windowed on the last update so a detection whose state changes comes again; the event
 // time is the risky activity's. 500 is the maximum page size (501 fails).
@@ -63,7 +68,8 @@ const RISK_DETECTIONS: DataType = DataType::new(
     500,
 )
 .versioned_by("lastUpdatedDateTime")
-.throttled_as(&families::IDENTITY_PROTECTION);
+.throttled_as(&families::IDENTITY_PROTECTION)
+.licensed("Microsoft Entra ID P1 or P2");
 
 const TYPES: &[DataType] = &[
     DIRECTORY_AUDITS,

@@ -4,12 +4,17 @@
 //! - `grow`: `poll` allocates without bound (the memory cap must stop it);
 //! - `trap`: `poll` panics, which aborts: a trap;
 //! - `flood`: `poll` returns `events` events of 1 KiB each in one batch;
-//! - `ok`: `poll` returns one event and advances its cursor (`n` → `n+1`).
+//! - `ok`: `poll` returns one event and advances its cursor (`n` → `n+1`);
+//! - `degraded`: like `ok`, but its first poll (`n` = 0) reports two degraded data types
+//!   and marks its event incomplete; later polls report none;
+//! - `fail`: `poll` fails (fatal), keeping the cursor.
 
 use std::cell::RefCell;
 
 use secops_connector::types::{Batch, ConfigError, Metadata, PollError, ValidationError};
-use secops_connector::wit::exports::secops::connector::connector::Guest;
+use secops_connector::wit::exports::secops::connector::connector::{
+    Degradation, DegradedType, Guest,
+};
 use secops_connector::wit::secops::connector::types::Event;
 
 thread_local! {
@@ -66,7 +71,9 @@ impl Guest for Misbehave {
                 }
             }
             "trap" => panic!("misbehaving on purpose"),
+            "fail" => Err(PollError::Fatal("failing on purpose".into())),
             _ => {
+                let first_degraded = mode == "degraded" && n == 0;
                 let payload = format!("{{\"filler\":\"{}\"}}", "x".repeat(1000));
                 let batch = (0..events)
                     .map(|i| Event {
@@ -75,15 +82,32 @@ impl Guest for Misbehave {
                         kind: "test.event".into(),
                         timestamp: "2026-11-20T12:00:00Z".into(),
                         payload: payload.clone(),
-                        incomplete: None,
+                        incomplete: (first_degraded && i == 0)
+                            .then(|| "alerts not read: $expand=alerts keeps failing".into()),
                     })
                     .collect();
+                let degraded = if first_degraded {
+                    vec![
+                        DegradedType {
+                            data_type: "risk_detections".into(),
+                            code: Degradation::Throttled,
+                            message: "429 without Retry-After; polled again in 60 s".into(),
+                        },
+                        DegradedType {
+                            data_type: "incidents".into(),
+                            code: Degradation::Fallback,
+                            message: "read without $expand=alerts".into(),
+                        },
+                    ]
+                } else {
+                    Vec::new()
+                };
                 Ok(Batch {
                     events: batch,
                     cursor: (n + 1).to_string(),
                     more: false,
                     wait_secs: None,
-                    degraded: Vec::new(),
+                    degraded,
                 })
             }
         }
