@@ -32,6 +32,10 @@ pub struct TypeHealth {
     /// Since when (unix ms) the data type reads without `$expand`, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<(i64, String)>,
+    /// Graph was seen to ignore the upper bound (`le`) of this list's windows: its windows
+    /// are read whole, neither split nor checked against a count, which would not hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unbounded: bool,
 }
 
 /// A failure as the host's health records name it.

@@ -515,3 +515,44 @@ fn a_cursor_of_the_previous_format_is_read_where_it_stood() {
             .starts_with("lastUpdateDateTime ge 2026-11-20T10:00:00Z and")
     );
 }
+
+#[test]
+fn a_list_whose_upper_bound_graph_ignores_is_read_whole_not_split_forever() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(ROLES));
+    // 40 counted, so the day is split; the part's page then holds a record newer than the
+    // part's upper bound: Graph ignored `le`.
+    p.respond_json(
+        200,
+        page(vec![incident(99, "2026-11-20T11:59:00Z")], Some(40), None),
+    );
+    let first = poll(&mut i, &p, None).unwrap();
+    p.respond_json(
+        200,
+        page(
+            vec![
+                incident(99, "2026-11-20T11:59:00Z"),
+                incident(1, "2026-11-19T13:00:00Z"),
+            ],
+            Some(40),
+            None,
+        ),
+    );
+    let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
+    assert_eq!(second.events.len(), 2, "delivered all the same");
+    assert!(
+        p.logs
+            .borrow()
+            .iter()
+            .any(|(_, m)| m.contains("ignores `le`"))
+    );
+    // From now on the rest of the window is one part, and the count does not hold it back.
+    p.respond_json(
+        200,
+        page(vec![incident(99, "2026-11-20T11:59:00Z")], Some(40), None),
+    );
+    let third = poll(&mut i, &p, Some(&second.cursor)).unwrap();
+    assert!(!third.more, "{third:?}");
+    assert!(filter_of(p.urls().last().unwrap()).ends_with("le 2026-11-20T12:00:00Z"));
+}

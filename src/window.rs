@@ -127,11 +127,11 @@ impl Instance {
                     // The full query keeps failing (a large tenant's `$expand=alerts` answers
                     // 500 every time): read without it rather than stall, and say so.
                     let why = format!(
-                        "Graph keeps failing the query with $expand={} ({m}); {} are read without it \
-                         and each event says so (`incomplete`); the full query is tried again every \
-                         {} minutes",
+                        "Graph keeps failing the query with $expand={} ({m}); {} is read without \
+                         it, each event marked `incomplete`, and the full query is tried again \
+                         every {} minutes",
                         q.expand.unwrap_or_default(),
-                        t.kind,
+                        t.name,
                         crate::health::FALLBACK_RETRY_SECS / 60
                     );
                     p.log(Level::Warn, &format!("{}: {why}", t.name));
@@ -151,19 +151,39 @@ impl Instance {
         if let Some(next) = &page.next_link {
             check_next_link(next, &self.config.graph_base).map_err(Failure::Fatal)?;
         }
+        // Splitting and counting rest on Graph honouring the window's upper bound.
+        let beyond = page
+            .records
+            .iter()
+            .filter_map(|r| r.fields.as_ref()?[1].as_deref().map(Timestamp::parse))
+            .filter(|t| t.as_ref().is_ok_and(|t| *t > to))
+            .count();
+        if beyond > 0 && !health.unbounded {
+            p.log(
+                Level::Warn,
+                &format!(
+                    "{}: Graph sent {beyond} record(s) past the window's upper bound: it ignores \
+                     `le` on this list, so its windows are read whole from now on",
+                    t.name
+                ),
+            );
+            health.unbounded = true;
+            // The rest of the window is one part.
+            s.step = None;
+        }
         let first_page = s.next.is_none();
-        if first_page && t.countable {
+        let max_depth = if health.unbounded { 0 } else { t.max_depth };
+        if first_page && t.countable && !health.unbounded {
             s.count = page.count;
             if let Some(count) = page.count
-                && t.max_depth > 0
-                && count > u64::from(t.max_depth)
+                && max_depth > 0
+                && count > u64::from(max_depth)
                 && span > 1
             {
                 // Too deep to page reliably: narrow the part so it holds about three
                 // quarters of the depth, if records are spread evenly; a part that still
                 // holds too many is narrowed again.
-                let fit =
-                    (span as u128 * u128::from(t.max_depth) * 3 / 4 / u128::from(count)) as i64;
+                let fit = (span as u128 * u128::from(max_depth) * 3 / 4 / u128::from(count)) as i64;
                 p.log(
                     Level::Debug,
                     &format!(
@@ -259,11 +279,11 @@ impl Instance {
         match page.next_link {
             Some(next) => {
                 let uncounted_and_deep =
-                    s.count.is_none() && t.max_depth > 0 && s.read >= u64::from(t.max_depth);
+                    s.count.is_none() && max_depth > 0 && s.read >= u64::from(max_depth);
                 if uncounted_and_deep && span > 1 {
                     // No count to check the depth against: narrow by the density seen.
                     let fit =
-                        (span as u128 * u128::from(t.max_depth) / 2 / u128::from(s.read)) as i64;
+                        (span as u128 * u128::from(max_depth) / 2 / u128::from(s.read)) as i64;
                     narrow(&mut s, from, end, fit.clamp(1, span / 2));
                 } else {
                     s.next = Some(next);
@@ -300,7 +320,7 @@ impl Instance {
                         );
                     }
                     let overlap = self.overlap_secs(q);
-                    s = advance(s, to, end, origin, overlap, t.max_depth);
+                    s = advance(s, to, end, origin, overlap, max_depth);
                     let keep_from = if s.is_idle() {
                         s.from_time().map_err(Failure::Fatal)?
                     } else {

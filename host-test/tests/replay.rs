@@ -581,6 +581,89 @@ fn entra_validate_names_every_missing_permission_with_its_type() {
     insta::assert_json_snapshot!("entra-validate", outcomes);
 }
 
+// What real Graph does (GRAPH-REALITY.md), replayed: late records, windows too deep to page,
+// a query shape that keeps failing, a dangling next link, a page size Graph refuses.
+
+#[test]
+fn a_record_graph_shows_late_is_delivered_by_the_next_window() {
+    let r = replay_scenario("late-record");
+    snapshot(&r);
+    assert_eq!(
+        r.report.steps[1].events.len(),
+        1,
+        "the 14-minute-late alert came with the next window, which reaches back 15 minutes"
+    );
+}
+
+#[test]
+fn a_window_too_deep_to_page_is_read_in_parts_by_its_count() {
+    let r = replay_scenario("deep-window");
+    // 600 events: asserted rather than snapshotted.
+    let served: std::collections::BTreeSet<(String, String)> = served_records("deep-window")
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().into(),
+                v["lastUpdateDateTime"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let delivered = ids(&r.lines);
+    assert_eq!(delivered.len(), 600, "every alert, none twice");
+    assert_eq!(
+        delivered
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        served
+    );
+    let polls = &r.report.steps[0].polls;
+    assert_eq!(
+        polls.iter().map(|p| p.events).collect::<Vec<_>>(),
+        [0, 300, 300],
+        "the probe of the too-deep day delivers nothing; each half is one page"
+    );
+}
+
+#[test]
+fn incidents_whose_expansion_keeps_failing_are_delivered_without_it_and_marked() {
+    let r = replay_of(INCIDENTS, "expand-failing");
+    snapshot_as(INCIDENTS, &r);
+    assert_each_served_record_once(&r, "expand-failing");
+    let incomplete: Vec<bool> = r
+        .lines
+        .iter()
+        .map(|l| {
+            l["incomplete"]
+                .as_str()
+                .is_some_and(|m| m.contains("$expand=alerts"))
+        })
+        .collect();
+    assert_eq!(
+        incomplete,
+        [false, false, true, true],
+        "the first page came with alerts; the rest were read without"
+    );
+    assert!(r.lines[0]["payload"]["alerts"].is_array());
+    assert!(r.lines[2]["payload"].get("alerts").is_none());
+}
+
+#[test]
+fn a_dangling_next_link_reads_the_window_again_and_fails_nothing() {
+    let r = replay_of(ENTRA, "dangling-next-link");
+    snapshot_as(ENTRA, &r);
+    assert_eq!(r.report.steps[0].outcome, "ok");
+    assert!(r.report.steps[0].polls.iter().all(|p| p.outcome == "ok"));
+    assert_eq!(r.lines.len(), 2, "each risky user once");
+}
+
+#[test]
+fn a_page_size_graph_refuses_is_learned_and_remembered() {
+    let r = replay_of(ENTRA, "top-limit");
+    snapshot_as(ENTRA, &r);
+    assert_eq!(r.lines.len(), 2);
+    assert!(r.report.steps.iter().all(|s| s.outcome == "ok"));
+}
+
 #[test]
 fn every_fixture_scenario_has_a_test() {
     let tested: &[(&str, &[&str])] = &[
@@ -607,11 +690,14 @@ fn every_fixture_scenario_has_a_test() {
                 "validate-no-service-principal",
                 "validate-conditional-access",
                 "validate-missing-permission-403",
+                "late-record",
+                "deep-window",
             ],
         ),
         (
             INCIDENTS,
             &[
+                "expand-failing",
                 "backfill-with-alerts",
                 "backfill",
                 "incremental",
@@ -621,6 +707,21 @@ fn every_fixture_scenario_has_a_test() {
                 "validate-missing-permission",
                 "validate-no-admin-consent",
                 "validate-api-unavailable",
+                "validate-missing-permission-403",
+            ],
+        ),
+        (
+            ENTRA,
+            &[
+                "backfill",
+                "one-type-throttled",
+                "risk-updates",
+                "usgov-cloud",
+                "dangling-next-link",
+                "top-limit",
+                "validate-ok",
+                "validate-missing-permission",
+                "validate-not-licensed",
                 "validate-missing-permission-403",
             ],
         ),
