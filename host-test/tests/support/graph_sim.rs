@@ -640,11 +640,16 @@ fn handle(state: &Mutex<State>, base: &str, mut request: tiny_http::Request) {
             .find(|h| h.field.equiv(name))
             .map(|h| h.value.as_str().to_string())
     };
-    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+    let bearer =
+        header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
     let prefer_unknown = header("prefer").is_some_and(|v| v.contains(PREFER_UNKNOWN_ENUMS));
     let accept_json = header("accept").is_some_and(|v| v.contains("application/json"));
     let reply = graph(&mut s, base, list, &url, bearer, prefer_unknown);
-    s.counters.by_list.entry(list).and_modify(|n| *n += 1).or_insert(1);
+    s.counters
+        .by_list
+        .entry(list)
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
     if !prefer_unknown {
         s.counters.without_prefer += 1;
     }
@@ -864,7 +869,12 @@ fn page(
     let asked = match get("$top").map(str::parse::<usize>) {
         None => None,
         Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return bad(format!("Invalid $top value '{}'.", get("$top").unwrap_or(""))),
+        Some(Err(_)) => {
+            return bad(format!(
+                "Invalid $top value '{}'.",
+                get("$top").unwrap_or("")
+            ));
+        }
     };
     if let (Some(n), Some(&cap)) = (asked, s.behaviour.top_caps.get(list))
         && n > cap
@@ -912,7 +922,10 @@ fn page(
             } else {
                 answer(
                     503,
-                    graph_error("ServiceUnavailable", "The service is temporarily unavailable."),
+                    graph_error(
+                        "ServiceUnavailable",
+                        "The service is temporarily unavailable.",
+                    ),
                 )
             };
         }
@@ -935,9 +948,12 @@ fn page(
         matching.reverse();
     }
     let total = matching.len();
-    let count = (get("$count") == Some("true") && matches!(list, ALERTS | INCIDENTS))
-        .then_some(total);
-    let context = format!("{base}/v1.0/$metadata#{}", url.path().trim_start_matches("/v1.0/"));
+    let count =
+        (get("$count") == Some("true") && matches!(list, ALERTS | INCIDENTS)).then_some(total);
+    let context = format!(
+        "{base}/v1.0/$metadata#{}",
+        url.path().trim_start_matches("/v1.0/")
+    );
     let mut body = json!({"@odata.context": context});
     if let Some(n) = count {
         body["@odata.count"] = json!(n);

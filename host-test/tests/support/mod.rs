@@ -201,7 +201,11 @@ pub fn secrets_in(haystack: &[u8], sim: &graph_sim::GraphSim) -> Vec<String> {
     if text.contains(graph_sim::SECRET) {
         found.push("the client secret".to_string());
     }
-    if sim.issued_tokens().iter().any(|t| text.contains(t.as_str())) {
+    if sim
+        .issued_tokens()
+        .iter()
+        .any(|t| text.contains(t.as_str()))
+    {
         found.push("an access token".to_string());
     }
     found

@@ -23,29 +23,60 @@ pub fn entity_type(list: &str) -> EntityType {
         ALERTS => EntityType {
             name: "microsoft.graph.security.alert",
             properties: &[
-                "id", "title", "description", "status", "severity", "serviceSource",
-                "detectionSource", "classification", "determination", "assignedTo", "incidentId",
-                "category", "providerAlertId", "tenantId",
+                "id",
+                "title",
+                "description",
+                "status",
+                "severity",
+                "serviceSource",
+                "detectionSource",
+                "classification",
+                "determination",
+                "assignedTo",
+                "incidentId",
+                "category",
+                "providerAlertId",
+                "tenantId",
             ],
             times: &[
-                "createdDateTime", "lastUpdateDateTime", "firstActivityDateTime",
-                "lastActivityDateTime", "resolvedDateTime",
+                "createdDateTime",
+                "lastUpdateDateTime",
+                "firstActivityDateTime",
+                "lastActivityDateTime",
+                "resolvedDateTime",
             ],
         },
         INCIDENTS => EntityType {
             name: "microsoft.graph.security.incident",
             properties: &[
-                "id", "displayName", "description", "status", "severity", "classification",
-                "determination", "assignedTo", "tenantId", "incidentWebUrl", "redirectIncidentId",
-                "customTags", "summary",
+                "id",
+                "displayName",
+                "description",
+                "status",
+                "severity",
+                "classification",
+                "determination",
+                "assignedTo",
+                "tenantId",
+                "incidentWebUrl",
+                "redirectIncidentId",
+                "customTags",
+                "summary",
             ],
             times: &["createdDateTime", "lastUpdateDateTime"],
         },
         DIRECTORY_AUDITS => EntityType {
             name: "microsoft.graph.directoryAudit",
             properties: &[
-                "id", "category", "activityDisplayName", "result", "resultReason",
-                "loggedByService", "operationType", "correlationId", "initiatedBy",
+                "id",
+                "category",
+                "activityDisplayName",
+                "result",
+                "resultReason",
+                "loggedByService",
+                "operationType",
+                "correlationId",
+                "initiatedBy",
                 "targetResources",
             ],
             times: &["activityDateTime"],
@@ -53,27 +84,56 @@ pub fn entity_type(list: &str) -> EntityType {
         SIGN_INS => EntityType {
             name: "microsoft.graph.signIn",
             properties: &[
-                "id", "userPrincipalName", "userId", "appId", "appDisplayName", "ipAddress",
-                "riskLevelDuringSignIn", "riskLevelAggregated", "riskState", "riskDetail",
-                "status", "conditionalAccessStatus", "clientAppUsed",
+                "id",
+                "userPrincipalName",
+                "userId",
+                "appId",
+                "appDisplayName",
+                "ipAddress",
+                "riskLevelDuringSignIn",
+                "riskLevelAggregated",
+                "riskState",
+                "riskDetail",
+                "status",
+                "conditionalAccessStatus",
+                "clientAppUsed",
             ],
             times: &["createdDateTime"],
         },
         RISKY_USERS => EntityType {
             name: "microsoft.graph.riskyUser",
             properties: &[
-                "id", "riskLevel", "riskState", "riskDetail", "userPrincipalName",
-                "userDisplayName", "isDeleted", "isProcessing",
+                "id",
+                "riskLevel",
+                "riskState",
+                "riskDetail",
+                "userPrincipalName",
+                "userDisplayName",
+                "isDeleted",
+                "isProcessing",
             ],
             times: &["riskLastUpdatedDateTime"],
         },
         RISK_DETECTIONS => EntityType {
             name: "microsoft.graph.riskDetection",
             properties: &[
-                "id", "riskEventType", "riskState", "riskLevel", "riskDetail", "userId",
-                "userPrincipalName", "ipAddress", "source", "detectionTimingType", "activity",
+                "id",
+                "riskEventType",
+                "riskState",
+                "riskLevel",
+                "riskDetail",
+                "userId",
+                "userPrincipalName",
+                "ipAddress",
+                "source",
+                "detectionTimingType",
+                "activity",
             ],
-            times: &["activityDateTime", "detectedDateTime", "lastUpdatedDateTime"],
+            times: &[
+                "activityDateTime",
+                "detectedDateTime",
+                "lastUpdatedDateTime",
+            ],
         },
         other => panic!("no simulated type for list {other}"),
     }
@@ -152,7 +212,9 @@ impl Filter {
                 let mut terms = vec![];
                 for term in split_top(inner, "or") {
                     match term.splitn(3, ' ').collect::<Vec<_>>()[..] {
-                        [f, "eq", v] if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') => {
+                        [f, "eq", v]
+                            if v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'') =>
+                        {
                             if !known(f) {
                                 return Err(missing(f));
                             }
@@ -172,13 +234,19 @@ impl Filter {
                 continue;
             }
             let [field, op, value] = part.splitn(3, ' ').collect::<Vec<_>>()[..] else {
-                return Err(invalid(&format!("the clause '{part}' is not <property> <operator> <value>")));
+                return Err(invalid(&format!(
+                    "the clause '{part}' is not <property> <operator> <value>"
+                )));
             };
             if !known(field) {
                 return Err(missing(field));
             }
             if !ty.times.contains(&field) {
-                if op == "eq" && value.starts_with('\'') && value.ends_with('\'') && value.len() >= 2 {
+                if op == "eq"
+                    && value.starts_with('\'')
+                    && value.ends_with('\'')
+                    && value.len() >= 2
+                {
                     clauses.push(Clause::AnyEq(vec![(
                         field.to_string(),
                         value[1..value.len() - 1].to_string(),

@@ -37,7 +37,9 @@ pub struct Stamp {
 impl Stamp {
     /// `t` cut to `digits` fractional digits (0 to 9).
     pub fn new(t: SystemTime, digits: u8) -> Stamp {
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+        let since = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970");
         let unit = 10u32.pow(9 - u32::from(digits));
         let nanos = since.subsec_nanos() - since.subsec_nanos() % unit;
         Stamp {
@@ -222,18 +224,20 @@ impl Record {
             "lastUpdateDateTime": self.updated.render(),
         });
         if expand {
-            v["alerts"] = json!([0, 1]
-                .iter()
-                .map(|k| json!({
-                    "@odata.type": "#microsoft.graph.security.alert",
-                    "id": format!("da{}_{k}", self.id),
-                    "incidentId": self.id,
-                    "status": "new",
-                    "serviceSource": "microsoftDefenderForEndpoint",
-                    "createdDateTime": self.created.render(),
-                    "lastUpdateDateTime": self.created.render(),
-                }))
-                .collect::<Vec<_>>());
+            v["alerts"] = json!(
+                [0, 1]
+                    .iter()
+                    .map(|k| json!({
+                        "@odata.type": "#microsoft.graph.security.alert",
+                        "id": format!("da{}_{k}", self.id),
+                        "incidentId": self.id,
+                        "status": "new",
+                        "serviceSource": "microsoftDefenderForEndpoint",
+                        "createdDateTime": self.created.render(),
+                        "lastUpdateDateTime": self.created.render(),
+                    }))
+                    .collect::<Vec<_>>()
+            );
         }
         v
     }
