@@ -11,6 +11,33 @@
 //! twice), with what the simulator counted.
 //!
 //! The `sim_*` tests check the simulator's subtler behaviours on their own, over HTTP.
+//!
+//! Which test covers which fact of GRAPH-REALITY.md (the simulator switch in brackets):
+//! - incidents `$top` > 50 is a 400 with an empty code, riskDetections > 500 [`top_caps`]:
+//!   `sim_refuses_a_top_over_the_cap...`, `defender_incidents_with_alerts_survive_reality`;
+//!   a cap learnt from Graph's 400: `alerts_learn_a_page_cap_from_graphs_400...`
+//! - alerts_v2 pages clamped while `$skip` moves by `$top` [`clamp`]: `sim_a_clamped_page...`,
+//!   `defender_alerts_survive_reality`
+//! - `$skip` paging ends quietly, `@odata.count` says more [`skip_limit`]:
+//!   `sim_deep_skip...`, both Defender tests
+//! - riskyUsers' dangling next link and rewritten `$top` [`dangling_next_link`,
+//!   `next_link_top`]: `sim_risky_users_next_link...`, `entra_all_four_types_survive_reality`
+//! - signIns short pages mid-stream, transient "Invalid Skip Token" [`short_pages`,
+//!   `skip_token_faults`]: `sim_sign_ins_come_in_short_pages...`, the Entra test
+//! - filters on each type's own time field; a missing property and a quoted datetime are
+//!   400s: `sim_filters_on_the_named_field...`
+//! - throttling per family, identity protection without Retry-After [`family_throttling`],
+//!   the incidents quota [`incidents_quota`]: `sim_throttles_each_family...`, every
+//!   `*_survive_reality`
+//! - late records (14 minutes) [`add_late_*`]: `sim_late_records...`, every
+//!   `*_survive_reality`; updated records: every `*_survive_reality`
+//! - 0 to 7 fractional digits [`mixed_precision`], evolvable enums [`evolvable_enums`], a
+//!   persistent 500 on `$expand=alerts` [`expand_fails`], nulls [`nulls`]:
+//!   `sim_mixed_digits_are_stable...`, and the `*_survive_reality` tests (awaitingAction
+//!   and microsoftSentinel arrive as themselves; incidents marked `incomplete`)
+//! - validate probes with the query a poll sends: every `*_survive_reality`
+//! - not covered here: the setup-error table (validation codes), signIns' retention
+//!   window, riskDetections' `gt` returning the bound.
 
 mod support;
 
@@ -328,6 +355,10 @@ fn survive(sim: &GraphSim, s: &Scenario, mut change: impl FnMut(usize)) {
     let table = text(&status.stdout);
     match table.lines().find(|l| l.starts_with("tenant ")) {
         Some(row) if row.split_whitespace().nth(8) == Some("0") => {}
+        // The last poll before SIGTERM may have met the identity-protection budget (1 call
+        // a second, no Retry-After): throttled is not stuck, and a stuck instance shows
+        // in the delivery checks anyway.
+        Some(row) if row.contains("[throttled]") => {}
         Some(row) => problems.push(format!("`status` shows the instance failing: {row}")),
         None => problems.push(format!("`status` has no row for the instance: {table}")),
     }
