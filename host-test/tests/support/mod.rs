@@ -192,3 +192,21 @@ impl Tenant {
         run_host(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
+
+/// What of the client secret and the access tokens appears in `haystack`: "the client
+/// secret", "an access token"; empty when nothing does.
+pub fn secrets_in(haystack: &[u8], sim: &graph_sim::GraphSim) -> Vec<String> {
+    let text = String::from_utf8_lossy(haystack);
+    let mut found = vec![];
+    if text.contains(graph_sim::SECRET) {
+        found.push("the client secret".to_string());
+    }
+    if sim
+        .issued_tokens()
+        .iter()
+        .any(|t| text.contains(t.as_str()))
+    {
+        found.push("an access token".to_string());
+    }
+    found
+}
