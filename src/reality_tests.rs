@@ -556,3 +556,51 @@ fn a_list_whose_upper_bound_graph_ignores_is_read_whole_not_split_forever() {
     assert!(!third.more, "{third:?}");
     assert!(filter_of(p.urls().last().unwrap()).ends_with("le 2026-11-20T12:00:00Z"));
 }
+
+#[test]
+fn validate_probes_with_the_polls_shape_learns_the_page_size_and_accepts_the_fallback() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, r#","expand":true"#);
+    p.respond_json(200, token_ok(ROLES));
+    p.respond_json(
+        400,
+        json!({"error": {"code": "", "message": "The query specified in the URI is not valid. The limit of '50' for Top query has been exceeded. The value from the incoming request is '100'."}}),
+    );
+    p.respond_json(
+        500,
+        json!({"error": {"code": "InternalServerError", "message": "boom"}}),
+    );
+    p.respond_json(200, page(vec![], Some(0), None));
+    i.validate(&p).unwrap();
+    let urls = p.urls();
+    assert_eq!(urls.len(), 4);
+    for (url, top, expand) in [
+        (&urls[1], 100, true),
+        (&urls[2], 50, true),
+        (&urls[3], 50, false),
+    ] {
+        let f = filter_of(url);
+        assert!(f.starts_with("lastUpdateDateTime ge 2026-11-20T11:55:00Z and lastUpdateDateTime le 2026-11-20T12:00:00Z"), "{f}");
+        assert!(url.contains(&format!("$top={top}&$count=true")), "{url}");
+        assert_eq!(url.contains("$expand=alerts"), expand, "{url}");
+    }
+    assert!(p.requests()[1].headers.iter().any(|(n, _)| n == "prefer"));
+    // The first poll asks for what Graph allows at once.
+    p.respond_json(200, page(vec![], Some(0), None));
+    poll(&mut i, &p, None).unwrap();
+    assert!(p.urls().last().unwrap().contains("$top=50"));
+    // Without $expand failing too, the 500 is the answer.
+    let p = FakePlatform::new();
+    let mut i = instance(&p, r#","expand":true"#);
+    p.respond_json(200, token_ok(ROLES));
+    p.respond_json(
+        500,
+        json!({"error": {"code": "InternalServerError", "message": "boom"}}),
+    );
+    p.respond_json(
+        503,
+        json!({"error": {"code": "ServiceUnavailable", "message": "down"}}),
+    );
+    let e = i.validate(&p).unwrap_err();
+    assert_eq!(e.code, crate::types::ValidationCode::ApiUnavailable);
+}

@@ -4,11 +4,11 @@
 use crate::auth::{AuthError, describe_http_error};
 use crate::client::graph_request;
 use crate::connector::Query;
-use crate::graph::{error_text, window_url};
+use crate::graph::{error_text, top_limit, window_url};
 use crate::health::TypeHealth;
 use crate::platform::Platform;
 use crate::runtime::Instance;
-use crate::types::{HttpError, ValidationCode, ValidationError};
+use crate::types::{HttpError, Level, ValidationCode, ValidationError};
 
 /// How far back the validation probe looks: its query has a poll's shape, and a short
 /// window keeps its answer small.
@@ -207,37 +207,71 @@ impl Instance {
 
         for q in self.queries.clone() {
             let name = q.data_type.name;
-            let url = self.probe_url(p, &q);
-            let bearer = self
-                .token(p)
-                .map_err(|e| fail(ValidationCode::Network, e.describe(), "try again"))?
-                .bearer();
-            if let Err(wait) = self.wait_for_call(p, q.data_type.family, 5_000) {
-                return Err(fail(
-                    ValidationCode::ApiUnavailable,
-                    format!(
-                        "the API's call budget for this tenant is spent for the next {} s",
-                        crate::budget::whole_secs(wait)
+            let mut health = TypeHealth::load(p, name);
+            let mut expand = true;
+            let response = loop {
+                let url = self.probe_url(p, &q, health.page_size(q.data_type.page_size), expand);
+                let bearer = self
+                    .token(p)
+                    .map_err(|e| fail(ValidationCode::Network, e.describe(), "try again"))?
+                    .bearer();
+                if let Err(wait) = self.wait_for_call(p, q.data_type.family, 5_000) {
+                    return Err(fail(
+                        ValidationCode::ApiUnavailable,
+                        format!(
+                            "the API's call budget for this tenant is spent for the next {} s",
+                            crate::budget::whole_secs(wait)
+                        ),
+                        "validate again after that; polls share the same budget",
+                    ));
+                }
+                let request = graph_request(&url, bearer, 30_000);
+                let response = p.send(&request).map_err(|e| match e {
+                    HttpError::Timeout | HttpError::Connection(_) => fail(
+                        ValidationCode::Network,
+                        describe_http_error(&e, "Graph"),
+                        format!(
+                            "check that {} is reachable from the host",
+                            self.config.graph_base
+                        ),
                     ),
-                    "validate again after that; polls share the same budget",
-                ));
-            }
-            let request = graph_request(&url, bearer, 30_000);
-            let response = p.send(&request).map_err(|e| match e {
-                HttpError::Timeout | HttpError::Connection(_) => fail(
-                    ValidationCode::Network,
-                    describe_http_error(&e, "Graph"),
-                    format!(
-                        "check that {} is reachable from the host",
-                        self.config.graph_base
+                    _ => fail(
+                        ValidationCode::ApiUnavailable,
+                        describe_http_error(&e, "Graph"),
+                        "check graph_url and the host's allow-list",
                     ),
-                ),
-                _ => fail(
-                    ValidationCode::ApiUnavailable,
-                    describe_http_error(&e, "Graph"),
-                    "check graph_url and the host's allow-list",
-                ),
-            })?;
+                })?;
+                let asked = health.page_size(q.data_type.page_size);
+                match response.status {
+                    // Learned as a poll learns it, so the first poll asks for what Graph allows.
+                    400 if let Some(limit) =
+                        top_limit(&response.body).filter(|&n| asked == 0 || n < asked) =>
+                    {
+                        p.log(
+                        Level::Warn,
+                        &format!("{name}: Graph allows at most {limit} records a page; polls ask for {limit}"),
+                    );
+                        let before = health.clone();
+                        health.top = Some(limit);
+                        health.save_if_changed(p, name, &before);
+                    }
+                    // A poll falls back to the query without `$expand` when Graph keeps failing
+                    // it (a large tenant's `$expand=alerts`): the setup is sound if that works.
+                    500..=599 if expand && q.expand.is_some() => {
+                        p.log(
+                            Level::Warn,
+                            &format!(
+                                "{name}: Graph failed the query with $expand={} (HTTP {}); if that \
+                             persists, polls read without it and mark each event `incomplete`",
+                                q.expand.unwrap_or_default(),
+                                response.status
+                            ),
+                        );
+                        expand = false;
+                    }
+                    _ => break response,
+                }
+            };
             let said =
                 error_text(&response.body).unwrap_or_else(|| format!("HTTP {}", response.status));
             match response.status {
@@ -265,16 +299,15 @@ impl Instance {
     /// The probe of a data type: the query a poll sends (page size, filter, `$count`,
     /// `$expand`, headers) over the last few minutes, so `validate` says `ok` only for a
     /// query shape Graph accepts.
-    fn probe_url(&self, p: &dyn Platform, q: &Query) -> String {
+    fn probe_url(&self, p: &dyn Platform, q: &Query, top: u32, expand: bool) -> String {
         let now = p.now();
-        let health = TypeHealth::load(p, q.data_type.name);
         window_url(
             &self.config.graph_base,
             q,
             now.minus_secs(PROBE_WINDOW_SECS),
             now,
-            health.page_size(q.data_type.page_size),
-            true,
+            top,
+            expand,
         )
     }
 }

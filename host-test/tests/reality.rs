@@ -359,6 +359,15 @@ fn survive(sim: &GraphSim, s: &Scenario, mut change: impl FnMut(usize)) {
         // a second, no Retry-After): throttled is not stuck, and a stuck instance shows
         // in the delivery checks anyway.
         Some(row) if row.contains("[throttled]") => {}
+        // Likewise a transient failure (the simulator's 503s and expired skip tokens) that
+        // is being retried: stuck is a retry count that keeps growing past the limit.
+        Some(row)
+            if row.contains("[transient]")
+                && row
+                    .split_whitespace()
+                    .nth(8)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n < 5) => {}
         Some(row) => problems.push(format!("`status` shows the instance failing: {row}")),
         None => problems.push(format!("`status` has no row for the instance: {table}")),
     }
