@@ -174,8 +174,10 @@ mod tests {
         assert_eq!(d.code, Degradation::Throttled);
         assert!(d.message.contains("2 failure(s)"), "{}", d.message);
 
-        let mut h = TypeHealth::default();
-        h.fallback = Some((now.unix_millis(), "without alerts".into()));
+        let h = TypeHealth {
+            fallback: Some((now.unix_millis(), "without alerts".into())),
+            ..TypeHealth::default()
+        };
         assert!(!h.expand(now.plus_secs(60)));
         assert!(h.expand(now.plus_secs(FALLBACK_RETRY_SECS)));
         assert_eq!(h.degraded("incidents").unwrap().code, Degradation::Fallback);

@@ -7,12 +7,11 @@
 use serde_json::{Value, json};
 
 use crate::budget::Limit;
-use crate::config::Options;
-use crate::connector::{Connector, DataType, Family, Query};
+use crate::connector::{DataType, Family};
 use crate::cursor::Cursor;
 use crate::runtime::Instance;
 use crate::testing::{CLIENT, FakePlatform, TENANT, token_ok};
-use crate::types::{Batch, ConfigError, Degradation, PollError};
+use crate::types::{Batch, Degradation, PollError};
 
 const ONE_A_SECOND: Family = Family {
     name: "test-1s",
@@ -52,34 +51,12 @@ const DETECTIONS: DataType = DataType::new(
 .versioned_by("lastUpdatedDateTime")
 .throttled_as(&ONE_A_SECOND);
 
-struct Test;
-
-impl Connector for Test {
-    const NAME: &'static str = "reality";
-    const VERSION: &'static str = "0.0.1";
-    const DESCRIPTION: &'static str = "test connector";
-    const POLL_INTERVAL_SECS: u32 = 60;
-    const DATA_TYPES: &'static [DataType] = &[INCIDENTS, RISKY, DETECTIONS];
-
-    fn config_properties() -> Value {
-        json!({"types": {"type": "array"}, "expand": {"type": "boolean"}})
-    }
-
-    fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError> {
-        let types = options
-            .string_list("types")?
-            .unwrap_or_else(|| vec!["incidents".into()]);
-        let expand = options.bool("expand")?.unwrap_or(false).then_some("alerts");
-        Ok(Test::DATA_TYPES
-            .iter()
-            .filter(|t| types.iter().any(|n| n == t.name))
-            .map(|t| Query {
-                expand: expand.filter(|_| t.name == "incidents"),
-                ..Query::plain(t)
-            })
-            .collect())
-    }
-}
+crate::testing::test_connector!(
+    Test,
+    "reality",
+    &[INCIDENTS, RISKY, DETECTIONS],
+    default & ["incidents"]
+);
 
 const ROLES: &[&str] = &[
     "SecurityIncident.Read.All",

@@ -188,3 +188,51 @@ pub fn token_error(aadsts: u64) -> Value {
         "error_codes": [aadsts]
     })
 }
+
+/// The data types of `all` that the config's `types` list names (`default` without one);
+/// with `"expand": true`, the incidents list asks for `$expand=alerts`.
+pub fn queries(
+    options: &mut crate::config::Options,
+    all: &'static [crate::connector::DataType],
+    default: &[&str],
+) -> Result<Vec<crate::connector::Query>, crate::types::ConfigError> {
+    let types = options
+        .string_list("types")?
+        .unwrap_or_else(|| default.iter().map(|t| t.to_string()).collect());
+    let expand = options.bool("expand")?.unwrap_or(false).then_some("alerts");
+    Ok(all
+        .iter()
+        .filter(|t| types.iter().any(|n| n == t.name))
+        .map(|t| crate::connector::Query {
+            expand: expand.filter(|_| t.path.ends_with("/incidents")),
+            ..crate::connector::Query::plain(t)
+        })
+        .collect())
+}
+
+/// A connector for tests: `$name` (the type) reads the data types `$types` as
+/// [`queries`] selects them.
+macro_rules! test_connector {
+    ($name:ident, $connector:literal, $types:expr, default $default:expr) => {
+        struct $name;
+
+        impl $crate::connector::Connector for $name {
+            const NAME: &'static str = $connector;
+            const VERSION: &'static str = "0.0.1";
+            const DESCRIPTION: &'static str = "test connector";
+            const POLL_INTERVAL_SECS: u32 = 60;
+            const DATA_TYPES: &'static [$crate::connector::DataType] = $types;
+
+            fn config_properties() -> serde_json::Value {
+                serde_json::json!({"types": {"type": "array"}, "expand": {"type": "boolean"}})
+            }
+
+            fn queries(
+                options: &mut $crate::config::Options,
+            ) -> Result<Vec<$crate::connector::Query>, $crate::types::ConfigError> {
+                $crate::testing::queries(options, Self::DATA_TYPES, $default)
+            }
+        }
+    };
+}
+pub(crate) use test_connector;

@@ -4,13 +4,12 @@
 
 use serde_json::{Value, json};
 
-use crate::config::Options;
-use crate::connector::{Connector, DataType, Query};
+use crate::connector::DataType;
 use crate::cursor::Cursor;
 use crate::runtime::Instance;
 use crate::testing::{CLIENT, FakePlatform, TENANT, token_error, token_ok};
 use crate::time::Timestamp;
-use crate::types::{Batch, ConfigError, HttpError, PollError, ValidationCode};
+use crate::types::{Batch, HttpError, PollError, ValidationCode};
 
 const ALERTS: DataType = DataType::new(
     "alerts",
@@ -32,30 +31,7 @@ const AUDITS: DataType = DataType::new(
 )
 .ordered();
 
-struct Test;
-
-impl Connector for Test {
-    const NAME: &'static str = "test";
-    const VERSION: &'static str = "0.0.1";
-    const DESCRIPTION: &'static str = "test connector";
-    const POLL_INTERVAL_SECS: u32 = 60;
-    const DATA_TYPES: &'static [DataType] = &[ALERTS, AUDITS];
-
-    fn config_properties() -> Value {
-        json!({"types": {"type": "array"}})
-    }
-
-    fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError> {
-        let types = options
-            .string_list("types")?
-            .unwrap_or_else(|| vec!["alerts".into()]);
-        Ok(Test::DATA_TYPES
-            .iter()
-            .filter(|t| types.iter().any(|n| n == t.name))
-            .map(Query::plain)
-            .collect())
-    }
-}
+crate::testing::test_connector!(Test, "test", &[ALERTS, AUDITS], default & ["alerts"]);
 
 const GRAPH: &str = "https://graph.microsoft.com";
 

@@ -317,10 +317,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::config::Options;
-    use crate::connector::{Connector, DataType};
+    use crate::connector::DataType;
     use crate::testing::{CLIENT, FakePlatform, TENANT, token_error, token_ok};
-    use crate::types::ConfigError;
 
     const ALERTS: DataType = DataType::new(
         "alerts",
@@ -357,28 +355,12 @@ mod tests {
         2,
     );
 
-    struct Test;
-
-    impl Connector for Test {
-        const NAME: &'static str = "test";
-        const VERSION: &'static str = "0.0.1";
-        const DESCRIPTION: &'static str = "test connector";
-        const POLL_INTERVAL_SECS: u32 = 60;
-        const DATA_TYPES: &'static [DataType] = &[ALERTS, RISKY_USERS, SIGN_INS, AUDITS];
-
-        fn config_properties() -> Value {
-            json!({"types": {"type": "array"}})
-        }
-
-        fn queries(options: &mut Options) -> Result<Vec<Query>, ConfigError> {
-            let types = options.string_list("types")?.unwrap_or_default();
-            Ok(Test::DATA_TYPES
-                .iter()
-                .filter(|t| types.iter().any(|n| n == t.name))
-                .map(Query::plain)
-                .collect())
-        }
-    }
+    crate::testing::test_connector!(
+        Test,
+        "test",
+        &[ALERTS, RISKY_USERS, SIGN_INS, AUDITS],
+        default & []
+    );
 
     const ALL_ROLES: &[&str] = &[
         "SecurityAlert.Read.All",
