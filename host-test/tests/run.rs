@@ -257,8 +257,10 @@ fn entra_reads_all_four_types_and_delivers_every_record_and_version_once() {
 }
 
 #[test]
-fn a_backfill_uses_the_minimum_number_of_graph_calls() {
-    // 10,000 alerts at the documented page size (2,000): 5 Graph calls and 1 token, no more.
+fn a_backfill_reads_shallow_parts_with_few_graph_calls() {
+    // 10,000 alerts over 20 hours, read in window parts of at most 500 alerts, one page each
+    // (no `$skip`): 20 pages at best; the count of each new part and the parts whose width
+    // adapts to the alerts' spread cost some more (32 measured), never more than twice.
     let sim = GraphSim::start(Behaviour {
         page_max: 2000,
         ..Behaviour::default()
@@ -269,10 +271,9 @@ fn a_backfill_uses_the_minimum_number_of_graph_calls() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
     let (calls, tokens) = sim.with_counters(|c| (c.graph_requests, c.token_requests));
-    assert_eq!(
-        (calls, tokens),
-        (5, 1),
-        "Graph calls and token requests for 10,000 alerts"
+    assert!(
+        (20..=40).contains(&calls) && tokens == 1,
+        "Graph calls ({calls}) and token requests ({tokens}) for 10,000 alerts"
     );
 }
 
