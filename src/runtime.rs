@@ -261,10 +261,14 @@ impl Instance {
             whole_secs(ms).max(1)
         });
         if let Some(wait) = wait_secs {
-            p.log(
-                Level::Debug,
-                &format!("waiting {wait} s for Graph's limits before the next call"),
-            );
+            // A second's wait for a shared budget is routine; a longer one is news.
+            let level = if wait >= 5 { Level::Info } else { Level::Debug };
+            let why = if budget_spent.is_empty() {
+                "a throttled data type's wait"
+            } else {
+                "call budget spent"
+            };
+            p.log(level, &format!("{why}: next Graph call in {wait} s"));
         }
         Ok(Batch {
             events,

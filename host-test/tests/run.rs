@@ -161,9 +161,9 @@ fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
 
 #[test]
 fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
-    // 5,600 incidents, 100 a page (the API's maximum): the backfill needs more than the
-    // minute's 50 calls, so it must pause for the budget (about a minute) instead of
-    // drawing 429s.
+    // 5,600 incidents, 50 a page (Graph's maximum): the backfill needs more than the
+    // minute's 50 calls, so it must pause for the budget (about a minute each time) instead
+    // of drawing 429s.
     let sim = GraphSim::start(Behaviour {
         page_max: 100,
         incidents_quota: true,
