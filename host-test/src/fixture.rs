@@ -339,6 +339,8 @@ pub fn replay(
             limits: options.limits.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             seeded_random: true,
+            source: None,
+            reopen: Default::default(),
         };
         let (outcome, polls) = match step.action {
             Action::Poll => {
