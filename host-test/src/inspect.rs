@@ -21,6 +21,9 @@ pub fn wit_versions(bytes: &[u8]) -> Vec<String> {
                 .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
                 .map(|&b| b as char)
                 .collect();
+            // An empty dot-separated part ends it: what follows is another string.
+            let version = version.split("..").next().unwrap_or_default();
+            let version = version.trim_end_matches(['.', '-', '+']);
             if version.split('.').count() >= 3 {
                 found.insert(format!("secops:connector@{version}"));
             }

@@ -784,9 +784,16 @@ mod tests {
             b"this is not sqlite, just some text that is long enough",
         )
         .unwrap();
-        let err = StateDb::open(&path).err().expect("refused");
+        let err = StateDb::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("is not a SQLite database"), "{err}");
+        assert!(!err.contains("delete"), "never advise deleting another file: {err}");
+        // A SQLite file whose pages are damaged is a state file gone bad: restore or delete.
+        let mut bytes = SQLITE_HEADER.to_vec();
+        bytes.extend(vec![0xAB; 4096]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = StateDb::open(&path).err().expect("refused").to_string();
         assert!(
-            err.to_string().contains("not a usable SQLite database"),
+            err.contains("not a usable SQLite database") && err.contains("delete it"),
             "{err}"
         );
     }
