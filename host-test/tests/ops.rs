@@ -65,6 +65,11 @@ fn http_get(port: u16, path: &str) -> String {
     body
 }
 
+/// Whether a response's status line says 200.
+fn ok_200(response: &str) -> bool {
+    response.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some("200"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -236,7 +241,8 @@ fn a_read_only_state_file_is_refused_at_start() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot be written"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(20));
+    // Refused at start, not retried: the bound leaves room for compiling the component.
+    assert!(start.elapsed() < Duration::from_secs(120));
 }
 
 // Item 4: a failed delivery is a failure in status and metrics, with the count waiting.
@@ -472,9 +478,9 @@ fn a_removed_instance_leaves_the_metrics_and_forget_deletes_only_its_state() {
     wait_until("both backfills", Duration::from_secs(30), || {
         delivered("alpha") == 3 && delivered("bravo") == 4
     });
-    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(ok_200(&http_get(port, "/healthz")));
     let ready = http_get(port, "/readyz");
-    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ok_200(&ready), "{ready}");
 
     // Rotation: the file is moved away, SIGHUP, and new events go to a new file.
     std::fs::rename(out.join("alpha.jsonl"), out.join("alpha.jsonl.1")).unwrap();
@@ -543,7 +549,7 @@ fn metrics_on_a_public_address_need_metrics_public() {
     wait_until("the public listener", Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(ok_200(&http_get(port, "/healthz")));
     signal(&child, "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(std::fs::read_to_string(&log).unwrap().contains("anyone who can reach"));
