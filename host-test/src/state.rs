@@ -42,10 +42,6 @@ pub enum StateError {
     )]
     Foreign { path: PathBuf, tables: String },
     #[error(
-        "{path} is empty: no connector has written state to it; `run` or `serve` create it"
-    )]
-    Empty { path: PathBuf },
-    #[error(
         "the state file {path} cannot be written ({cause}); run and serve commit every poll \
          to it: make the file and its directory writable for this user, or name another file"
     )]
@@ -640,13 +636,9 @@ fn check_file(path: &Path, existing: bool) -> Result<(), StateError> {
         }
     };
     if read == 0 {
-        // SQLite makes an empty file a new database: fine for a writer, not a state file
-        // for a reader.
-        return if existing {
-            Err(StateError::Empty { path: path_buf() })
-        } else {
-            Ok(())
-        };
+        // SQLite makes an empty file a new database (a writer is about to, or it is a
+        // file for a state not written yet): a reader sees no instances in it.
+        return Ok(());
     }
     if read < start.len() || &start != SQLITE_HEADER {
         let text: String = String::from_utf8_lossy(&start[..read])

@@ -43,6 +43,16 @@ pub struct InstanceStatus {
 
 /// Every instance of the state file, by name.
 pub fn read(db: &StateDb) -> Result<Vec<InstanceStatus>, crate::state::StateError> {
+    // An empty file, or one a first writer is creating this moment: no instances yet.
+    let created = crate::holder::has_table(db, "instances").map_err(|cause| {
+        crate::state::StateError::Sql {
+            path: db.path().to_path_buf(),
+            cause,
+        }
+    })?;
+    if !created {
+        return Ok(Vec::new());
+    }
     let mut holders = live_holders(db)?;
     let removed = crate::lifecycle::removed(db)?;
     let undelivered = crate::lifecycle::undelivered_counts(db)?;
