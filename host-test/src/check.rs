@@ -77,8 +77,7 @@ fn check(
 ) -> Result<String, Problem> {
     let bytes = std::fs::read(file).map_err(|e| Problem::File(format!("cannot read it: {e}")))?;
     instance_name(file, &bytes).map_err(Problem::File)?;
-    let spec: InstanceFile =
-        read_instance_file(file).map_err(|e| Problem::File(e.to_string()))?;
+    let spec: InstanceFile = read_instance_file(file).map_err(|e| Problem::File(e.to_string()))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let component = engine
         .load(&base.join(&spec.component))

@@ -758,11 +758,19 @@ fn inspect(path: &Path, component: &LoadedComponent) -> Result<(), Failure> {
         Arc::new(Mutex::new(state)),
     );
     let m = setup.describe()?;
-    let bytes = std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     let wit = crate::inspect::wit_versions(&bytes);
     println!("name: {}", m.name);
     println!("version: {}", m.version);
-    println!("wit: {}", if wit.is_empty() { "unknown".into() } else { wit.join(", ") });
+    println!(
+        "wit: {}",
+        if wit.is_empty() {
+            "unknown".into()
+        } else {
+            wit.join(", ")
+        }
+    );
     println!(
         "sha256: {}",
         sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
@@ -877,5 +885,44 @@ fn print_report(report: &ReplayReport) {
         for u in &step.unused {
             eprintln!("  recorded but never requested: {u}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        let cli = Cli::command();
+        let mut undescribed = Vec::new();
+        for command in cli.get_subcommands() {
+            assert!(
+                command.get_after_help().is_some(),
+                "{} has no example",
+                command.get_name()
+            );
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    undescribed.push(format!("{} {id}", command.get_name()));
+                }
+            }
+        }
+        assert!(undescribed.is_empty(), "undescribed: {undescribed:?}");
+    }
+
+    #[test]
+    fn a_plain_level_leaves_the_libraries_at_warn() {
+        assert_eq!(
+            log_filter("debug"),
+            "warn,connector_host=debug,component=debug"
+        );
+        assert_eq!(log_filter("trace"), "trace");
+        assert_eq!(log_filter("info,ureq=debug"), "info,ureq=debug");
     }
 }

@@ -16,8 +16,12 @@ pub struct Scenario {
 pub fn scenarios() -> Result<Vec<Scenario>, String> {
     let root = crate::fixtures_dir();
     let mut all = Vec::new();
-    let entries = std::fs::read_dir(&root)
-        .map_err(|e| format!("cannot read the bundled fixtures at {}: {e}", root.display()))?;
+    let entries = std::fs::read_dir(&root).map_err(|e| {
+        format!(
+            "cannot read the bundled fixtures at {}: {e}",
+            root.display()
+        )
+    })?;
     for connector in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
         let Ok(inner) = std::fs::read_dir(&connector) else {
             continue;

@@ -47,7 +47,11 @@ pub struct Claim {
 impl Claim {
     /// Claims `instance` for this process at `now` (RFC 3339), or names the live process
     /// that holds it.
-    pub fn take(state: &Arc<Mutex<StateDb>>, instance: &str, now: &str) -> Result<Claim, StateError> {
+    pub fn take(
+        state: &Arc<Mutex<StateDb>>,
+        instance: &str,
+        now: &str,
+    ) -> Result<Claim, StateError> {
         let mut db = state.lock().unwrap_or_else(|p| p.into_inner());
         let path = db.path().to_path_buf();
         let sql = |cause| StateError::Sql {
@@ -66,7 +70,11 @@ impl Claim {
             )
             .optional()
             .map_err(sql)?;
-        let me = (std::process::id(), host_name(), process_identity(std::process::id()));
+        let me = (
+            std::process::id(),
+            host_name(),
+            process_identity(std::process::id()),
+        );
         if let Some(h) = current
             && (h.pid, &h.host, &h.process) != (me.0, &me.1, &me.2)
             && h.alive()
@@ -131,7 +139,9 @@ fn row_holder(r: &rusqlite::Row) -> rusqlite::Result<Holder> {
 
 /// The live holders of a state file's instances, by instance (a state file of schema 3
 /// has none).
-pub fn live_holders(db: &StateDb) -> Result<std::collections::BTreeMap<String, Holder>, StateError> {
+pub fn live_holders(
+    db: &StateDb,
+) -> Result<std::collections::BTreeMap<String, Holder>, StateError> {
     let sql = |cause| StateError::Sql {
         path: db.path().to_path_buf(),
         cause,
@@ -225,7 +235,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = db(dir.path());
         // A live process that is not this one: a child that sleeps.
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let identity = process_identity(pid);
         state
@@ -237,10 +250,13 @@ mod tests {
                 params![pid, host_name(), identity],
             )
             .unwrap();
-        let err = Claim::take(&state, "a", "2026-12-01T04:00:00Z").err().expect("held");
+        let err = Claim::take(&state, "a", "2026-12-01T04:00:00Z")
+            .err()
+            .expect("held");
         let message = err.to_string();
         assert!(
-            message.contains(&format!("process {pid}")) && message.contains("since 2026-12-01T03:00:00Z"),
+            message.contains(&format!("process {pid}"))
+                && message.contains("since 2026-12-01T03:00:00Z"),
             "{message}"
         );
         assert_eq!(live_holders(&state.lock().unwrap()).unwrap().len(), 1);
@@ -254,7 +270,10 @@ mod tests {
         // Claiming again from the same process (serve restarting an instance) is allowed.
         drop(Claim::take(&state, "a", "2026-12-01T04:01:00Z").unwrap());
         drop(claim);
-        assert!(live_holders(&state.lock().unwrap()).unwrap().is_empty(), "released on drop");
+        assert!(
+            live_holders(&state.lock().unwrap()).unwrap().is_empty(),
+            "released on drop"
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub enum LifecycleError {
         recorded: String,
         file: String,
     },
-    #[error("{state} holds no instance {instance:?}; `connector-host status --state {state}` lists them")]
+    #[error(
+        "{state} holds no instance {instance:?}; `connector-host status --state {state}` lists them"
+    )]
     Unknown { state: String, instance: String },
     #[error(transparent)]
     State(#[from] StateError),
@@ -211,7 +213,12 @@ mod tests {
         assert!(removed(&db).unwrap().is_empty());
         assert_eq!(db.cursor("alerts").unwrap(), None);
         assert!(db.ensure_instance("other", "defender-alerts").is_ok());
-        let names: Vec<_> = db.health().unwrap().into_iter().map(|r| r.instance).collect();
+        let names: Vec<_> = db
+            .health()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.instance)
+            .collect();
         assert_eq!(names, ["other"], "the other instance is untouched");
         assert!(matches!(
             forget(&mut db, "alerts"),

@@ -180,7 +180,12 @@ fn readiness(db: &StateDb, loaded: bool) -> Result<(), String> {
         .write(true)
         .open(db.path())
         .map(drop)
-        .map_err(|e| format!("the state file {} is not writable: {e}", db.path().display()))
+        .map_err(|e| {
+            format!(
+                "the state file {} is not writable: {e}",
+                db.path().display()
+            )
+        })
 }
 
 /// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` until `stop` is raised. A
@@ -213,11 +218,11 @@ pub fn spawn(
                 let db = || state.lock().unwrap_or_else(|p| p.into_inner());
                 let response = match request.url() {
                     "/metrics" => match scrape(&db()) {
-                        Ok(text) => tiny_http::Response::from_string(text).with_header(
-                            content_type(
+                        Ok(text) => {
+                            tiny_http::Response::from_string(text).with_header(content_type(
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        ),
+                            ))
+                        }
                         Err(e) => {
                             tiny_http::Response::from_string(format!("{e}\n")).with_status_code(500)
                         }

@@ -16,10 +16,10 @@ use crate::bindings::{Batch, ConfigError, Event, PollError};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Limits, LoadedComponent};
 use crate::holder::Claim;
-use crate::lifecycle::LifecycleError;
 use crate::imports::http::NetworkTransport;
 use crate::imports::{AllowList, Transport, Wiring};
 use crate::instance::{Instance, InstanceError};
+use crate::lifecycle::LifecycleError;
 use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
@@ -588,9 +588,10 @@ impl Runner {
             tracing::info!(instance = %name, events = events.len(), first_seq = seqs.start(),
                 last_seq = seqs.end(), more = batch.more, "poll committed");
             self.last_poll_line = Some(now);
-        } else if self.last_poll_line.is_none_or(|t| {
-            now.duration_since(t).unwrap_or_default() >= QUIET_LOG_EVERY
-        }) && !batch.more
+        } else if self
+            .last_poll_line
+            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= QUIET_LOG_EVERY)
+            && !batch.more
         {
             tracing::info!(instance = %name, newest_event = newest_seen(&self.db(), &name).as_deref(),
                 "up to date: no new events");

@@ -494,8 +494,9 @@ fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>, state
             Err(e) => {
                 let code = match e {
                     RunError::Sink(_) => "delivery",
-                    RunError::State(StateError::WrongConnector { .. })
-                    | RunError::Lifecycle(_) => "config",
+                    RunError::State(StateError::WrongConnector { .. }) | RunError::Lifecycle(_) => {
+                        "config"
+                    }
                     _ => "host",
                 };
                 tracing::error!(instance = %name, "instance failed, restarting in {}s: {e}", pause.as_secs());

@@ -26,9 +26,7 @@ pub enum StateError {
          name a state file in an existing directory"
     )]
     NoDirectory { path: PathBuf },
-    #[error(
-        "the state file {path} is a directory; name a file in it, e.g. {path}/state.db"
-    )]
+    #[error("the state file {path} is a directory; name a file in it, e.g. {path}/state.db")]
     IsDirectory { path: PathBuf },
     #[error(
         "{path} is not a SQLite database (it begins with {start:?}); --state takes the \
@@ -778,7 +776,10 @@ mod tests {
         .unwrap();
         let err = StateDb::open(&path).err().expect("refused").to_string();
         assert!(err.contains("is not a SQLite database"), "{err}");
-        assert!(!err.contains("delete"), "never advise deleting another file: {err}");
+        assert!(
+            !err.contains("delete"),
+            "never advise deleting another file: {err}"
+        );
         // A SQLite file whose pages are damaged is a state file gone bad: restore or delete.
         let mut bytes = SQLITE_HEADER.to_vec();
         bytes.extend(vec![0xAB; 4096]);

@@ -136,7 +136,15 @@ pub(crate) fn print(path: &Path, json: bool) -> Result<(), Failure> {
 pub fn table(rows: &[InstanceStatus], now: SystemTime) -> String {
     let mut out = format!(
         "{:<20} {:<8} {:<18} {:>9} {:>8} {:>9} {:>7} {:>5} {:>9} OWNER\n",
-        "INSTANCE", "STATE", "CONNECTOR", "LAST OK", "LAG", "EVENTS", "UNDELIV", "FAILS", "NEXT POLL"
+        "INSTANCE",
+        "STATE",
+        "CONNECTOR",
+        "LAST OK",
+        "LAG",
+        "EVENTS",
+        "UNDELIV",
+        "FAILS",
+        "NEXT POLL"
     );
     let ago = |t: &Option<String>| {
         parse(t)
@@ -258,15 +266,27 @@ mod tests {
             now,
         );
         for line in text.lines() {
-            assert!(line.chars().count() <= WIDTH, "{} wide: {line}", line.chars().count());
+            assert!(
+                line.chars().count() <= WIDTH,
+                "{} wide: {line}",
+                line.chars().count()
+            );
         }
         assert!(text.contains("    [auth] xxx"), "{text}");
-        assert!(text.contains("1m0s ago") && text.contains("in 5m0s"), "{text}");
+        assert!(
+            text.contains("1m0s ago") && text.contains("in 5m0s"),
+            "{text}"
+        );
     }
 
     #[test]
     fn durations_are_compact() {
-        for (secs, text) in [(42, "42s"), (312, "5m12s"), (11_040, "3h4m"), (190_800, "2d5h")] {
+        for (secs, text) in [
+            (42, "42s"),
+            (312, "5m12s"),
+            (11_040, "3h4m"),
+            (190_800, "2d5h"),
+        ] {
             assert_eq!(compact(Duration::from_secs(secs)), text);
         }
     }

@@ -67,7 +67,10 @@ fn http_get(port: u16, path: &str) -> String {
 
 /// Whether a response's status line says 200.
 fn ok_200(response: &str) -> bool {
-    response.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some("200"))
+    response
+        .lines()
+        .next()
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("200"))
 }
 
 fn free_port() -> u16 {
@@ -80,8 +83,7 @@ fn free_port() -> u16 {
 
 // Item 1: one process per instance and state file.
 #[test]
-fn a_second_process_on_an_instance_is_refused_naming_the_holder_and_a_killed_one_does_not_block()
-{
+fn a_second_process_on_an_instance_is_refused_naming_the_holder_and_a_killed_one_does_not_block() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 30, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
@@ -100,7 +102,11 @@ fn a_second_process_on_an_instance_is_refused_naming_the_holder_and_a_killed_one
         err.contains(&format!("held by process {}", first.id())) && err.contains("since"),
         "{err}"
     );
-    assert_eq!(read_lines(Path::new(&out)).len(), 30, "nothing delivered twice");
+    assert_eq!(
+        read_lines(Path::new(&out)).len(),
+        30,
+        "nothing delivered twice"
+    );
     let row = status_of(&tenant.path("state.db"), "tenant");
     assert_eq!(row["state"], "running");
     assert_eq!(row["owner"]["pid"], first.id());
@@ -113,7 +119,10 @@ fn a_second_process_on_an_instance_is_refused_naming_the_holder_and_a_killed_one
     let after = tenant.run_once("defender-alerts", &[]);
     assert!(after.status.success(), "{}", text(&after.stderr));
     support::assert_exactly_once(Path::new(&out), &sim);
-    assert_eq!(status_of(&tenant.path("state.db"), "tenant")["state"], "stopped");
+    assert_eq!(
+        status_of(&tenant.path("state.db"), "tenant")["state"],
+        "stopped"
+    );
 }
 
 // Item 2 (host part): the default instance name cannot hand one tenant another's cursor.
@@ -194,7 +203,11 @@ fn unusable_state_files_are_refused_at_start_each_with_its_cause() {
     let before = std::fs::read(&foreign).unwrap();
     let out = run_on("foreign.db");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("\"songs\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("\"songs\""),
+        "{}",
+        text(&out.stderr)
+    );
     // `status` on an empty or foreign file writes nothing into it: an empty one has no
     // instances yet, a foreign one is refused.
     std::fs::write(tenant.path("empty.db"), b"").unwrap();
@@ -221,19 +234,23 @@ fn a_read_only_state_file_is_refused_at_start() {
         use std::os::unix::process::CommandExt;
         cmd.uid(65534).gid(65534);
         // The files of the run must stay readable to that user.
-        for p in [tenant.dir.path().to_path_buf()] {
-            let mut perms = std::fs::metadata(&p).unwrap().permissions();
-            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-            std::fs::set_permissions(&p, perms).unwrap();
-        }
+        let dir = tenant.dir.path();
+        let mut perms = std::fs::metadata(dir).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(dir, perms).unwrap();
         for f in ["tenant.json", "secrets.json", "state.db", "out.jsonl"] {
             let mut perms = std::fs::metadata(tenant.path(f)).unwrap().permissions();
             std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
             std::fs::set_permissions(tenant.path(f), perms).unwrap();
         }
-        cmd.env("CONNECTOR_HOST_CACHE", std::env::temp_dir().join("no-cache-for-nobody"));
+        cmd.env(
+            "CONNECTOR_HOST_CACHE",
+            std::env::temp_dir().join("no-cache-for-nobody"),
+        );
     } else {
-        let mut perms = std::fs::metadata(tenant.path("state.db")).unwrap().permissions();
+        let mut perms = std::fs::metadata(tenant.path("state.db"))
+            .unwrap()
+            .permissions();
         perms.set_readonly(true);
         std::fs::set_permissions(tenant.path("state.db"), perms).unwrap();
     }
@@ -260,11 +277,17 @@ fn a_failed_delivery_shows_in_status_with_the_undelivered_count() {
     assert_eq!(row["undelivered"], 5, "{row}");
     assert!(row["failures"].as_u64().unwrap() >= 1, "{row}");
     let table = text(&run_host(&["status", "--state", &tenant.path("state.db")]).stdout);
-    assert!(table.contains("[delivery] 5 committed events not delivered"), "{table}");
+    assert!(
+        table.contains("[delivery] 5 committed events not delivered"),
+        "{table}"
+    );
     // Once the output works, the waiting events are delivered and the failure clears.
     assert!(tenant.run_once("defender-alerts", &[]).status.success());
     let row = status_of(&tenant.path("state.db"), "tenant");
-    assert_eq!((row["undelivered"].as_u64(), row["failures"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (row["undelivered"].as_u64(), row["failures"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(read_lines(Path::new(&tenant.path("out.jsonl"))).len(), 5);
 }
 
@@ -280,7 +303,11 @@ fn status_fits_120_columns_and_survives_a_closed_pipe() {
     let a = tenant.run_args_with(
         "defender-alerts",
         &[("--secrets", "wrong.json")],
-        &["--once", "--instance", "a-rather-long-instance-name-for-a-tenant"],
+        &[
+            "--once",
+            "--instance",
+            "a-rather-long-instance-name-for-a-tenant",
+        ],
     );
     assert_eq!(run_host(&args(&a)).status.code(), Some(1));
     let out = run_host(&["status", "--state", &tenant.path("state.db")]);
@@ -334,7 +361,11 @@ fn secrets_name_a_misspelled_key_and_warn_when_others_can_read_them() {
         &tenant.dir.path().join("typo.json"),
         &json!({"client_secret": SECRET}),
     );
-    let a = tenant.run_args_with("defender-alerts", &[("--secrets", "typo.json")], &["--once"]);
+    let a = tenant.run_args_with(
+        "defender-alerts",
+        &[("--secrets", "typo.json")],
+        &["--once"],
+    );
     let out = run_host(&args(&a));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -488,9 +519,11 @@ fn a_removed_instance_leaves_the_metrics_and_forget_deletes_only_its_state() {
     signal(&child, "HUP");
     std::thread::sleep(Duration::from_millis(500));
     a.add_alerts("a-new", 2, Duration::from_secs(1));
-    wait_until("delivery to the reopened file", Duration::from_secs(20), || {
-        delivered("alpha") == 2
-    });
+    wait_until(
+        "delivery to the reopened file",
+        Duration::from_secs(20),
+        || delivered("alpha") == 2,
+    );
     assert_eq!(read_lines(&out.join("alpha.jsonl.1")).len(), 3);
 
     std::fs::remove_file(dir.join("bravo.json")).unwrap();
@@ -507,7 +540,11 @@ fn a_removed_instance_leaves_the_metrics_and_forget_deletes_only_its_state() {
     assert!(text(&refused.stderr).contains("--yes"));
     let held = run_host(&["forget", "--state", &state, "--instance", "alpha", "--yes"]);
     assert_eq!(held.status.code(), Some(2), "alpha is running");
-    assert!(text(&held.stderr).contains("held by process"), "{}", text(&held.stderr));
+    assert!(
+        text(&held.stderr).contains("held by process"),
+        "{}",
+        text(&held.stderr)
+    );
     let forgot = run_host(&["forget", "--state", &state, "--instance", "bravo", "--yes"]);
     assert!(forgot.status.success(), "{}", text(&forgot.stderr));
     let names: Vec<_> = status_json(&state)
@@ -519,7 +556,12 @@ fn a_removed_instance_leaves_the_metrics_and_forget_deletes_only_its_state() {
 
     signal(&child, "TERM");
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
 
 // Item 13: a public metrics address needs its flag.
@@ -530,7 +572,15 @@ fn metrics_on_a_public_address_need_metrics_public() {
     let d = work.path().display().to_string();
     let port = free_port();
     let addr = format!("0.0.0.0:{port}");
-    let refused = run_host(&["serve", "--instances", &d, "--state", &state, "--metrics", &addr]);
+    let refused = run_host(&[
+        "serve",
+        "--instances",
+        &d,
+        "--state",
+        &state,
+        "--metrics",
+        &addr,
+    ]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(text(&refused.stderr).contains("--metrics-public"));
     let log = work.path().join("serve.log");
@@ -553,7 +603,11 @@ fn metrics_on_a_public_address_need_metrics_public() {
     assert!(ok_200(&http_get(port, "/healthz")));
     signal(&child, "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    assert!(std::fs::read_to_string(&log).unwrap().contains("anyone who can reach"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("anyone who can reach")
+    );
 }
 
 // Item 8 (run): SIGHUP reopens `--out`; `--interval 0` is refused.
@@ -571,12 +625,16 @@ fn run_reopens_its_output_on_sighup_and_refuses_a_zero_interval() {
     let log = tenant.dir.path().join("run.log");
     let mut child = spawn(&args(&a), &log);
     let out = tenant.dir.path().join("out.jsonl");
-    wait_until("the backfill", Duration::from_secs(30), || read_lines(&out).len() == 3);
+    wait_until("the backfill", Duration::from_secs(30), || {
+        read_lines(&out).len() == 3
+    });
     std::fs::rename(&out, tenant.dir.path().join("out.jsonl.1")).unwrap();
     signal(&child, "HUP");
     std::thread::sleep(Duration::from_millis(300));
     sim.add_alerts("b", 2, Duration::from_secs(1));
-    wait_until("the reopened file", Duration::from_secs(20), || read_lines(&out).len() == 2);
+    wait_until("the reopened file", Duration::from_secs(20), || {
+        read_lines(&out).len() == 2
+    });
     signal(&child, "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let log = std::fs::read_to_string(&log).unwrap();
@@ -589,7 +647,10 @@ fn logs_start_with_the_instance_and_come_as_json_on_request() {
     let sim = GraphSim::start(Behaviour::default());
     sim.add_alerts("a", 3, Duration::from_secs(3600));
     let tenant = Tenant::new(&sim);
-    let out = tenant.run_once("defender-alerts", &["--log-format", "json", "--log-level", "debug"]);
+    let out = tenant.run_once(
+        "defender-alerts",
+        &["--log-format", "json", "--log-level", "debug"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stderr)
         .lines()
@@ -599,11 +660,25 @@ fn logs_start_with_the_instance_and_come_as_json_on_request() {
         .iter()
         .find(|l| l["fields"]["message"] == "instance started")
         .expect("a start line");
-    for field in ["instance", "connector", "version", "interval_secs", "state", "out"] {
+    for field in [
+        "instance",
+        "connector",
+        "version",
+        "interval_secs",
+        "state",
+        "out",
+    ] {
         assert!(!started["fields"][field].is_null(), "{field} in {started}");
     }
-    assert!(lines.iter().any(|l| l["fields"]["message"] == "poll committed"));
-    assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "debug lines shown");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "poll committed")
+    );
+    assert!(
+        lines.iter().any(|l| l["level"] == "DEBUG"),
+        "debug lines shown"
+    );
     let stderr = text(&out.stderr);
     for library in ["rustls", "ureq", "cranelift", "wasmtime"] {
         assert!(!stderr.contains(library), "{library} at debug:\n{stderr}");
@@ -631,8 +706,8 @@ fn every_command_help_has_an_example_and_the_exit_codes() {
     let top = run_host(&["--help"]);
     assert!(text(&top.stdout).contains("Exit codes:"));
     for command in [
-        "describe", "inspect", "validate", "run", "replay", "serve", "record", "status",
-        "forget", "demo",
+        "describe", "inspect", "validate", "run", "replay", "serve", "record", "status", "forget",
+        "demo",
     ] {
         let out = run_host(&[command, "--help"]);
         let help = text(&out.stdout);
@@ -660,7 +735,10 @@ fn demo_lists_scenarios_and_runs_one_from_another_directory() {
         .unwrap();
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("defender-incidents/call-budget: The 50-calls"), "{err}");
+    assert!(
+        err.contains("defender-incidents/call-budget: The 50-calls"),
+        "{err}"
+    );
     assert!(!text(&out.stdout).is_empty());
 }
 

@@ -66,7 +66,10 @@ fn status_of(state: &Path, name: &str) -> String {
                 }
                 _ => String::new(),
             };
-            format!("{} {} {} failures={} {error}", r["instance"], r["state"], r["connector"], r["failures"])
+            format!(
+                "{} {} {} failures={} {error}",
+                r["instance"], r["state"], r["connector"], r["failures"]
+            )
         })
         .unwrap_or_default()
 }
