@@ -40,7 +40,7 @@ fn main() {
         return;
     }
 
-    ensure_wasm_target();
+    ensure_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -84,45 +84,19 @@ fn main() {
     }
 }
 
-const WASM_TARGET: &str = "wasm32-wasip2";
+include!("build-support/wasm_target.rs");
 
 /// Adds the components' target to the toolchain when it lacks it, so that the README's
 /// first command works on a fresh machine: rustup installs the targets of
 /// `rust-toolchain.toml` by itself only where auto-install is on, and it is off on CI and
-/// on machines with `RUSTUP_AUTO_INSTALL=0`. A toolchain without rustup (a distribution's
-/// rustc) gets the instruction instead.
-fn ensure_wasm_target() {
+/// on machines with `RUSTUP_AUTO_INSTALL=0`.
+fn ensure_target() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let installed = |root: &Path| root.join("lib/rustlib").join(WASM_TARGET).is_dir();
-    if sysroot.as_deref().is_some_and(installed) {
-        return;
-    }
-    let mut add = Command::new("rustup");
-    add.args(["target", "add", WASM_TARGET]);
-    // The toolchain this build runs on (rustup's proxy sets it), not rustup's default.
-    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
-        add.args(["--toolchain", &toolchain]);
-    }
-    println!(
-        "cargo:warning=the Rust toolchain lacks the {WASM_TARGET} target the connector \
-         components are built for: running `rustup target add {WASM_TARGET}`"
-    );
-    match add.status() {
-        Ok(s) if s.success() => {
-            println!("cargo:warning=installed the {WASM_TARGET} target");
-        }
-        Ok(_) | Err(_) => panic!(
-            "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` \
-             did not succeed; install it by hand (with rustup: `rustup target add \
-             {WASM_TARGET}`), or for your distribution's Rust the package of its \
-             {WASM_TARGET} standard library"
-        ),
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    match ensure_wasm_target(Path::new(&rustc), Path::new("rustup"), toolchain.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(done)) => println!("cargo:warning={done}"),
+        Err(why) => panic!("{why}"),
     }
 }
 

@@ -776,3 +776,52 @@ fn the_toolchain_file_pins_this_toolchain_and_the_wasm_target() {
     );
     assert!(file.contains("\"wasm32-wasip2\""));
 }
+
+mod wasm_target {
+    include!("../build-support/wasm_target.rs");
+}
+
+// Item 16: on a toolchain without the wasm target, the build adds it with rustup.
+#[test]
+fn the_build_adds_a_missing_wasm_target_with_rustup_and_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sysroot = dir.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu")).unwrap();
+    let script = |name: &str, body: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let rustc = script("rustc", format!("echo {}", sysroot.display()));
+    let log = dir.path().join("rustup.log");
+    // A rustup that installs the target into the sysroot, as the real one does.
+    let rustup = script(
+        "rustup",
+        format!(
+            "echo \"$@\" >> {}\nmkdir -p {}/lib/rustlib/wasm32-wasip2",
+            log.display(),
+            sysroot.display()
+        ),
+    );
+    let done = wasm_target::ensure_wasm_target(&rustc, &rustup, Some("1.95.0-x86_64"))
+        .unwrap()
+        .expect("the target was added");
+    assert!(done.contains("rustup target add wasm32-wasip2"), "{done}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "target add wasm32-wasip2 --toolchain 1.95.0-x86_64\n"
+    );
+    // Present now: nothing to do, rustup not called again.
+    assert_eq!(
+        wasm_target::ensure_wasm_target(&rustc, &rustup, None).unwrap(),
+        None
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    // Where rustup cannot add it (offline, no rustup), the build stops saying what to do.
+    std::fs::remove_dir_all(sysroot.join("lib/rustlib/wasm32-wasip2")).unwrap();
+    let failing = script("rustup-offline", "exit 1".into());
+    let why = wasm_target::ensure_wasm_target(&rustc, &failing, None).unwrap_err();
+    assert!(why.contains("install it by hand"), "{why}");
+}
