@@ -868,7 +868,7 @@ fn replay_to(
 
 fn print_report(report: &ReplayReport) {
     for (i, step) in report.steps.iter().enumerate() {
-        let requests: u64 = step.polls.iter().map(|p| p.requests).sum();
+        let requests = step.requests;
         eprintln!(
             "{} step {}: {:?}: {} ({} events, {} polls, {} requests)",
             report.scenario,

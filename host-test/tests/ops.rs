@@ -740,6 +740,34 @@ fn demo_lists_scenarios_and_runs_one_from_another_directory() {
         "{err}"
     );
     assert!(!text(&out.stdout).is_empty());
+
+    // The summary counts a validate step's requests too: every recorded exchange.
+    let scenario: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fixtures/entra/validate-ok/scenario.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let exchanges = scenario["steps"][0]["exchanges"].as_array().unwrap().len();
+    let out = run_host(&[
+        "--log-level",
+        "warn",
+        "demo",
+        "--scenario",
+        "validate-ok",
+        "--connector",
+        "entra",
+    ]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Validate: ok (0 events, 0 polls, {exchanges} requests)"
+        )),
+        "{err}"
+    );
 }
 
 // Item 17: `inspect` names the component, its version and WIT version.
