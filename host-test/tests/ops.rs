@@ -853,3 +853,66 @@ fn the_build_adds_a_missing_wasm_target_with_rustup_and_says_so() {
     let why = wasm_target::ensure_wasm_target(&rustc, &failing, None).unwrap_err();
     assert!(why.contains("install it by hand"), "{why}");
 }
+
+// Item 1 (serve): a second `serve` on the same state file leaves the held instances alone.
+#[test]
+fn a_second_serve_on_one_state_file_does_not_run_the_held_instances() {
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 6, Duration::from_secs(3600));
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("instances");
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    write_json(
+        &dir.join("secrets/s.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    write_json(
+        &dir.join("alpha.json"),
+        &json!({"component": support::alerts_wasm(), "config": sim.config(1),
+                "secrets": "secrets/s.json", "interval_secs": 1}),
+    );
+    let state = work.path().join("state.db").display().to_string();
+    let serve = |out: &str, log: &str| {
+        let out = work.path().join(out).display().to_string();
+        spawn(
+            &[
+                "serve",
+                "--instances",
+                &dir.display().to_string(),
+                "--state",
+                &state,
+                "--out",
+                &out,
+            ],
+            &work.path().join(log),
+        )
+    };
+    let mut first = serve("out1", "first.log");
+    let first_out = work.path().join("out1/alpha.jsonl");
+    wait_until(
+        "the first serve's backfill",
+        Duration::from_secs(30),
+        || read_lines(&first_out).len() == 6,
+    );
+    let mut second = serve("out2", "second.log");
+    let second_log = work.path().join("second.log");
+    wait_until(
+        "the second serve's refusal",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&second_log)
+                .unwrap_or_default()
+                .contains(&format!("held by process {}", first.id()))
+        },
+    );
+    sim.add_alerts("b", 3, Duration::from_secs(1));
+    wait_until("the new alerts", Duration::from_secs(20), || {
+        read_lines(&first_out).len() == 9
+    });
+    assert!(read_lines(&work.path().join("out2/alpha.jsonl")).is_empty());
+    support::assert_exactly_once(&first_out, &sim);
+    for child in [&mut first, &mut second] {
+        signal(child, "TERM");
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    }
+}
