@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod instance;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod progress;
 pub mod record;
 pub mod redact;

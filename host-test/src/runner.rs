@@ -203,6 +203,8 @@ pub struct Runner {
     setup: RunSetup,
     /// This process's hold on the instance, released when the runner is dropped.
     claim: Option<Claim>,
+    /// The host the poll's last request could not reach (a `network` failure).
+    network: crate::network::Watch,
     /// The `reopen` generation the sink was opened at.
     sink_generation: u64,
     /// When the last info line about polls was logged: quiet polls log one "up to date"
@@ -226,12 +228,15 @@ impl Runner {
     ///
     /// The causes come in the order an operator can act on them: a component swapped under
     /// the instance first, then the config, then another process holding the instance.
-    pub fn new(setup: RunSetup, sink: Sink) -> Result<Self, RunError> {
+    pub fn new(mut setup: RunSetup, sink: Sink) -> Result<Self, RunError> {
         let routing = routing_of(&setup.config);
+        let (transport, network) = crate::network::Watched::wrap(setup.transport.clone());
+        setup.transport = transport;
         let sink_generation = setup.reopen.load(Ordering::Relaxed);
         let mut runner = Runner {
             setup,
             claim: None,
+            network,
             sink_generation,
             last_poll_line: None,
             connector: String::new(),
@@ -353,7 +358,7 @@ impl Runner {
                     requests: 0,
                     message: Some(message),
                 };
-                self.write_health(&record, false, 0);
+                self.write_health(&record, false, 0, false);
                 Err(e)
             }
         }
@@ -417,6 +422,7 @@ impl Runner {
             None => self.fresh_instance()?,
         };
         let cursor = self.db().cursor(&name)?;
+        self.network.take();
         let result = match instance.poll(cursor.as_deref()) {
             Ok(r) => r,
             Err(e) => {
@@ -430,7 +436,7 @@ impl Runner {
                     requests: 0,
                     message: Some(e.to_string()),
                 };
-                self.write_health(&record, false, 0);
+                self.write_health(&record, false, 0, false);
                 self.record(record);
                 return Ok(Step::Failed {
                     message: e.to_string(),
@@ -440,7 +446,17 @@ impl Runner {
         self.instance = Some(instance);
         let (requests, throttled) = (result.requests, result.throttled);
         let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
-        let redact = |m: &str| self.setup.redactor.redact(m);
+        // A failure whose last request could not connect is the network's, whatever the
+        // component called it: named with the host to check.
+        let unreachable = self.network.take().filter(|_| result.outcome.is_err());
+        let network = unreachable.is_some();
+        let redact = |m: &str| {
+            let m = self.setup.redactor.redact(m);
+            match &unreachable {
+                Some(u) => crate::network::describe(u, &m),
+                None => m,
+            }
+        };
         let (step, record) = match result.outcome {
             Ok(batch) => match self.commit(result.emitted, batch, result.kv, (requests, throttled))
             {
@@ -491,16 +507,17 @@ impl Runner {
                 failed("fatal", message, requests)
             }
         };
-        self.write_health(&record, rate_limited, throttled);
+        self.write_health(&record, rate_limited, throttled, network);
         self.record(record);
         Ok(step)
     }
 
     /// Adds a failed poll to the instance's health record (`connector-host status`). A
     /// failure to write it is worth a warning, not a failed poll.
-    fn write_health(&self, r: &PollRecord, rate_limited: bool, throttled: u64) {
+    fn write_health(&self, r: &PollRecord, rate_limited: bool, throttled: u64, network: bool) {
         let at = self.now_rfc3339();
         let code = match r.outcome {
+            _ if network => "network",
             "retry" if rate_limited => "throttled",
             "retry" => "transient",
             other => other,

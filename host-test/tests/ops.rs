@@ -916,3 +916,26 @@ fn a_second_serve_on_one_state_file_does_not_run_the_held_instances() {
         assert_eq!(child.wait().unwrap().code(), Some(0));
     }
 }
+
+// Item 9: a connection failure is `network`, with the host to check, in the log and
+// `status` (and so in the metrics' `code` label); the component says when it gave up.
+#[test]
+fn an_unreachable_endpoint_is_a_network_failure_naming_the_host() {
+    let port = free_port(); // nothing listens there
+    let tenant = Tenant::new(&GraphSim::start(Behaviour::default()));
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tenant.path("tenant.json")).unwrap()).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    config["login_url"] = json!(endpoint);
+    config["graph_url"] = json!(endpoint);
+    write_json(&tenant.dir.path().join("tenant.json"), &config);
+    let out = tenant.run_once("defender-alerts", &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let host = format!("cannot reach 127.0.0.1:{port}; check DNS, proxy");
+    assert!(err.contains(&host), "{err}");
+    assert!(err.contains("gave up"), "{err}");
+    let row = status_of(&tenant.path("state.db"), "tenant");
+    assert_eq!(row["last_error_code"], "network", "{row}");
+    assert!(row["last_error"].as_str().unwrap().contains(&host), "{row}");
+}
