@@ -295,6 +295,17 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains(r#"connector_last_error{instance="ok-tenant""#));
+        let waiting = render_with(
+            &[row("stuck", 1, Some("delivery"))],
+            &[("stuck".to_string(), 17)].into(),
+            now,
+        );
+        assert!(
+            waiting.contains(
+                r#"connector_undelivered_events{instance="stuck",connector="defender-alerts"} 17.0"#
+            ),
+            "{waiting}"
+        );
         assert!(!text.contains("secret-free message"), "messages stay out");
     }
 }

@@ -683,6 +683,11 @@ fn logs_start_with_the_instance_and_come_as_json_on_request() {
     for library in ["rustls", "ureq", "cranelift", "wasmtime"] {
         assert!(!stderr.contains(library), "{library} at debug:\n{stderr}");
     }
+    // A poll that finds nothing new says so at info (once per quarter hour, not per poll).
+    let quiet = tenant.run_once("defender-alerts", &[]);
+    let log = text(&quiet.stderr);
+    assert_eq!(log.matches("up to date: no new events").count(), 1, "{log}");
+    assert!(!log.contains("poll committed"), "{log}");
 }
 
 // Item 12: describe agrees with configure and lists the secrets.
@@ -938,4 +943,41 @@ fn an_unreachable_endpoint_is_a_network_failure_naming_the_host() {
     let row = status_of(&tenant.path("state.db"), "tenant");
     assert_eq!(row["last_error_code"], "network", "{row}");
     assert!(row["last_error"].as_str().unwrap().contains(&host), "{row}");
+}
+
+// Item 10 (serve): an instance whose config is refused is never logged as started.
+#[test]
+fn serve_logs_a_refused_config_without_an_instance_started_line() {
+    let sim = GraphSim::start(Behaviour::default());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("instances");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = sim.config(1);
+    config["backfill_days"] = json!(30);
+    write_json(
+        &dir.join("bad.json"),
+        &json!({"component": support::alerts_wasm(), "config": config}),
+    );
+    let state = work.path().join("state.db").display().to_string();
+    let log = work.path().join("serve.log");
+    let mut child = spawn(
+        &[
+            "serve",
+            "--instances",
+            &dir.display().to_string(),
+            "--state",
+            &state,
+        ],
+        &log,
+    );
+    wait_until("the refusal", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("config refused")
+    });
+    signal(&child, "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("instance started"), "{text}");
+    assert_eq!(status_of(&state, "bad")["state"], "refused");
 }
