@@ -760,7 +760,7 @@ fn inspect(path: &Path, component: &LoadedComponent) -> Result<(), Failure> {
     let m = setup.describe()?;
     let bytes =
         std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
-    let wit = crate::inspect::wit_versions(&bytes);
+    let wit = crate::inspect::wit_versions(component);
     println!("name: {}", m.name);
     println!("version: {}", m.version);
     println!(

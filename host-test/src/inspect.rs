@@ -1,40 +1,32 @@
-//! What a component file was built against, read from the file itself: the WIT package
-//! versions it names (`secops:connector/<interface>@<version>`), for `connector-host
-//! inspect` and `dist.sh`, with no external tool.
+//! What a component was built against, from its own component type: the WIT package
+//! versions its imports and exports name (`secops:connector/<interface>@<version>`), for
+//! `connector-host inspect` and `dist.sh`, with no external tool.
 
-const PACKAGE: &[u8] = b"secops:connector/";
+use crate::engine::LoadedComponent;
 
 /// Every `secops:connector@<version>` the component's imports and exports name, sorted.
-pub fn wit_versions(bytes: &[u8]) -> Vec<String> {
-    let mut found = std::collections::BTreeSet::new();
-    let mut rest = bytes;
-    while let Some(at) = find(rest, PACKAGE) {
-        let after = &rest[at + PACKAGE.len()..];
-        // `<interface>@<version>`: the interface is a WIT identifier, the version semver.
-        let name_len = after
-            .iter()
-            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-')
-            .count();
-        if after.get(name_len) == Some(&b'@') {
-            let version: String = after[name_len + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
-                .map(|&b| b as char)
-                .collect();
-            // An empty dot-separated part ends it: what follows is another string.
-            let version = version.split("..").next().unwrap_or_default();
-            let version = version.trim_end_matches(['.', '-', '+']);
-            if version.split('.').count() >= 3 {
-                found.insert(format!("secops:connector@{version}"));
-            }
-        }
-        rest = after;
-    }
-    found.into_iter().collect()
+pub fn wit_versions(component: &LoadedComponent) -> Vec<String> {
+    let ty = component.pre.instance_pre().component().component_type();
+    let names = ty
+        .imports(&component.engine)
+        .map(|(name, _)| name.to_string())
+        .chain(
+            ty.exports(&component.engine)
+                .map(|(name, _)| name.to_string()),
+        );
+    versions(names)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+fn versions(names: impl Iterator<Item = String>) -> Vec<String> {
+    names
+        .filter_map(|name| {
+            let rest = name.strip_prefix("secops:connector/")?;
+            let (_, version) = rest.rsplit_once('@')?;
+            Some(format!("secops:connector@{version}"))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -43,11 +35,15 @@ mod tests {
 
     #[test]
     fn versions_are_read_from_the_interface_names() {
-        let bytes = b"\0asm..secops:connector/http@0.2.0\x05secops:connector/connector@0.2.0..\
-                      secops:connector/log@0.2.0-rc.1 secops:connector/broken";
+        let names = [
+            "secops:connector/http@0.2.0",
+            "secops:connector/connector@0.2.0",
+            "wasi:io/streams@0.2.6",
+            "secops:connector/log@0.3.0-rc.1",
+        ];
         assert_eq!(
-            wit_versions(bytes),
-            ["secops:connector@0.2.0", "secops:connector@0.2.0-rc.1"]
+            versions(names.iter().map(|n| n.to_string())),
+            ["secops:connector@0.2.0", "secops:connector@0.3.0-rc.1"]
         );
     }
 }
