@@ -335,7 +335,7 @@ impl Instance {
                 after_secs: after,
                 message: format!("{name}: {m}; backing off {after}s"),
             }),
-            Failure::Transient(m) if attempts > MAX_ATTEMPTS => {
+            Failure::Transient(m) if attempts >= MAX_ATTEMPTS => {
                 // Counting starts again: the host reports this and polls on schedule.
                 let mut h = TypeHealth::load(p, name);
                 let before = h.clone();

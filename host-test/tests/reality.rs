@@ -351,25 +351,26 @@ fn survive(sim: &GraphSim, s: &Scenario, mut change: impl FnMut(usize)) {
         ));
     }
 
-    let status = run_host(&["status", "--state", &tenant.path("state.db")]);
-    let table = text(&status.stdout);
-    match table.lines().find(|l| l.starts_with("tenant ")) {
-        Some(row) if row.split_whitespace().nth(8) == Some("0") => {}
-        // The last poll before SIGTERM may have met the identity-protection budget (1 call
-        // a second, no Retry-After): throttled is not stuck, and a stuck instance shows
-        // in the delivery checks anyway.
-        Some(row) if row.contains("[throttled]") => {}
-        // Likewise a transient failure (the simulator's 503s and expired skip tokens) that
-        // is being retried: stuck is a retry count that keeps growing past the limit.
-        Some(row)
-            if row.contains("[transient]")
-                && row
-                    .split_whitespace()
-                    .nth(8)
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|n| n < 5) => {}
-        Some(row) => problems.push(format!("`status` shows the instance failing: {row}")),
-        None => problems.push(format!("`status` has no row for the instance: {table}")),
+    let status = run_host(&["status", "--json", "--state", &tenant.path("state.db")]);
+    let rows: Vec<Value> = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    match rows.iter().find(|r| r["instance"] == "tenant") {
+        Some(row) => {
+            let failures = row["failures"].as_u64().unwrap_or(u64::MAX);
+            let code = row["last_error_code"].as_str().unwrap_or_default();
+            // The last poll before SIGTERM may have met the identity-protection budget (1
+            // call a second, no Retry-After) or a transient failure (the simulator's 503s
+            // and expired skip tokens) being retried: neither is stuck. Stuck is a retry
+            // count past the limit, or any other error; a stuck instance also shows in the
+            // delivery checks.
+            let retrying = matches!(code, "throttled" | "transient") && failures < 5;
+            if failures > 0 && !retrying {
+                problems.push(format!("`status` shows the instance failing: {row}"));
+            }
+        }
+        None => problems.push(format!(
+            "`status --json` has no row for the instance: {}",
+            text(&status.stdout)
+        )),
     }
 
     said.extend(std::fs::read(&out).unwrap_or_default());
