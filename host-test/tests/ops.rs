@@ -228,8 +228,18 @@ fn a_read_only_state_file_is_refused_at_start() {
     let tenant = Tenant::new(&sim);
     assert!(tenant.run_once("defender-alerts", &[]).status.success());
     let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = host(&args(&tenant.run_args("defender-alerts", true, &[])));
+    let mut run_args = tenant.run_args("defender-alerts", true, &[]);
+    let mut cmd = host(&args(&run_args));
     if root {
+        // The build may live under root's home, which that user cannot enter: run copies
+        // of the host and the component from the tenant's directory.
+        let exe = tenant.dir.path().join("connector-host");
+        std::fs::copy(env!("CARGO_BIN_EXE_connector-host"), &exe).unwrap();
+        let wasm = tenant.dir.path().join("defender_alerts.wasm");
+        std::fs::copy(&run_args[1], &wasm).unwrap();
+        run_args[1] = wasm.display().to_string();
+        cmd = std::process::Command::new(&exe);
+        cmd.args(args(&run_args)).env_remove("RUST_LOG");
         // root writes any file: run as another user, for whom the files are read-only.
         use std::os::unix::process::CommandExt;
         cmd.uid(65534).gid(65534);
