@@ -265,6 +265,9 @@ impl Platform for NativePlatform {
     fn random(&self) -> u64 {
         4
     }
+    fn sleep_millis(&self, _ms: u64) {
+        // The native side of the benchmark never waits for a budget.
+    }
 }
 
 fn native_poll<C: Connector>(page: &[u8], iterations: u32) -> (Duration, usize) {

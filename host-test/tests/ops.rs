@@ -168,6 +168,41 @@ fn two_config_files_with_the_same_name_do_not_share_an_instance() {
     );
 }
 
+// Item 2 (guest part): an instance with state refuses another tenant, app or Graph host,
+// as it refuses another backfill.
+#[test]
+fn a_changed_tenant_app_or_graph_host_is_refused_for_an_instance_with_state() {
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 2, Duration::from_secs(3600));
+    let tenant = Tenant::new(&sim);
+    assert!(tenant.run_once("defender-alerts", &[]).status.success());
+    let other = GraphSim::start(Behaviour::default());
+    for (key, value) in [
+        ("tenant_id", json!("0f0e0d0c-0b0a-4090-8070-605040302010")),
+        ("client_id", json!("10203040-5060-4070-8090-a0b0c0d0e0f0")),
+        ("graph_url", json!(other.base)),
+    ] {
+        let mut config = sim.config(1);
+        config[key] = value;
+        write_json(&tenant.dir.path().join("tenant.json"), &config);
+        let out = tenant.run_once("defender-alerts", &[]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("was created for"),
+            "{key}: {err}"
+        );
+    }
+    assert_eq!(
+        other.with_counters(|c| c.graph_requests + c.token_requests),
+        0,
+        "nothing was asked of the other Graph host"
+    );
+    // Set back, the instance goes on where it stood.
+    write_json(&tenant.dir.path().join("tenant.json"), &sim.config(1));
+    assert!(tenant.run_once("defender-alerts", &[]).status.success());
+}
+
 // Item 3: a state file that cannot be used gets a message per cause, at start.
 #[test]
 fn unusable_state_files_are_refused_at_start_each_with_its_cause() {
