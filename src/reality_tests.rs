@@ -10,8 +10,8 @@ use crate::budget::Limit;
 use crate::connector::{DataType, Family};
 use crate::cursor::Cursor;
 use crate::runtime::Instance;
-use crate::testing::{CLIENT, FakePlatform, TENANT, token_ok};
-use crate::types::{Batch, Degradation, PollError};
+use crate::testing::{CLIENT, FakePlatform, TENANT, poll, token_ok};
+use crate::types::{Degradation, PollError};
 
 const ONE_A_SECOND: Family = Family {
     name: "test-1s",
@@ -83,17 +83,6 @@ fn page(records: Vec<Value>, count: Option<u64>, next: Option<&str>) -> Value {
         page["@odata.nextLink"] = json!(n);
     }
     page
-}
-
-/// Polls like the host: commit on success, roll back on failure.
-fn poll(i: &mut Instance, p: &FakePlatform, cursor: Option<&str>) -> Result<Batch, PollError> {
-    let r = i.poll(p, cursor);
-    if r.is_ok() {
-        p.commit()
-    } else {
-        p.rollback()
-    }
-    r
 }
 
 fn filter_of(url: &str) -> String {

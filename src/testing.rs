@@ -236,3 +236,18 @@ macro_rules! test_connector {
     };
 }
 pub(crate) use test_connector;
+
+/// Polls like the host: commit on success, roll back on failure.
+pub fn poll(
+    i: &mut crate::runtime::Instance,
+    p: &FakePlatform,
+    cursor: Option<&str>,
+) -> Result<crate::types::Batch, crate::types::PollError> {
+    let r = i.poll(p, cursor);
+    if r.is_ok() {
+        p.commit()
+    } else {
+        p.rollback()
+    }
+    r
+}

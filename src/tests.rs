@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::connector::DataType;
 use crate::cursor::Cursor;
 use crate::runtime::Instance;
-use crate::testing::{CLIENT, FakePlatform, TENANT, token_error, token_ok};
+use crate::testing::{CLIENT, FakePlatform, TENANT, poll, token_error, token_ok};
 use crate::time::Timestamp;
 use crate::types::{Batch, HttpError, PollError, ValidationCode};
 
@@ -50,17 +50,6 @@ fn page(records: Vec<Value>, next: Option<&str>) -> Value {
         Some(n) => json!({"value": records, "@odata.nextLink": n}),
         None => json!({"value": records}),
     }
-}
-
-/// Polls like the host: commit on success, roll back on failure.
-fn poll(i: &mut Instance, p: &FakePlatform, cursor: Option<&str>) -> Result<Batch, PollError> {
-    let r = i.poll(p, cursor);
-    if r.is_ok() {
-        p.commit()
-    } else {
-        p.rollback()
-    }
-    r
 }
 
 fn ids(b: &Batch) -> Vec<(String, String)> {
