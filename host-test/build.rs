@@ -40,6 +40,7 @@ fn main() {
         return;
     }
 
+    ensure_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -80,6 +81,22 @@ fn main() {
     for c in CONNECTORS {
         let wasm = out.join(format!("{}.wasm", c.replace('-', "_")));
         assert!(wasm.exists(), "component not found at {}", wasm.display());
+    }
+}
+
+include!("build-support/wasm_target.rs");
+
+/// Adds the components' target to the toolchain when it lacks it, so that the README's
+/// first command works on a fresh machine: rustup installs the targets of
+/// `rust-toolchain.toml` by itself only where auto-install is on, and it is off on CI and
+/// on machines with `RUSTUP_AUTO_INSTALL=0`.
+fn ensure_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    match ensure_wasm_target(Path::new(&rustc), Path::new("rustup"), toolchain.as_deref()) {
+        Ok(None) => {}
+        Ok(Some(done)) => println!("cargo:warning={done}"),
+        Err(why) => panic!("{why}"),
     }
 }
 

@@ -411,6 +411,8 @@ fn end_to_end(component: &LoadedComponent) {
             limits: Limits::default(),
             stop: Arc::new(AtomicBool::new(false)),
             seeded_random: true,
+            source: None,
+            reopen: Default::default(),
         };
         let sink = Sink::open(&dir.join("out.jsonl")).unwrap();
         let mut runner = Runner::new(setup, sink).unwrap();

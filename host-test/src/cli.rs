@@ -22,13 +22,19 @@ use crate::state::StateDb;
 #[command(
     name = "connector-host",
     version,
-    about = "Runs security connector components (WASI 0.2)"
+    about = "Runs security connector components (WASI 0.2)",
+    after_help = EXIT_CODES
 )]
 struct Cli {
-    /// Log filter for stderr: error, warn, info, debug, trace (or a tracing filter).
-    /// `RUST_LOG` overrides it.
+    /// Log filter for stderr: error, warn, info, debug (the host's and the components'
+    /// lines; the HTTP and wasmtime libraries stay at warn), trace (everything), or a
+    /// tracing filter such as `info,wasmtime=debug`. `RUST_LOG` overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log line format on stderr: `text`, or `json` (one JSON object a line, for a log
+    /// collector).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Where compiled components are cached (default ~/.cache/connector-host).
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
@@ -36,23 +42,52 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Prints the connector's metadata and config schema as JSON.
-    Describe { component: PathBuf },
-    /// Checks the config and credentials against the tenant: prints `ok` or the cause.
-    Validate {
+    /// Prints the connector's metadata, the secrets it reads and its config schema as JSON.
+    #[command(after_help = example("connector-host describe defender_alerts.wasm"))]
+    Describe {
+        /// The connector component (`.wasm`).
         component: PathBuf,
+    },
+    /// Prints a component's name, version and the WIT package version it was built for.
+    #[command(after_help = example("connector-host inspect dist/defender-alerts-0.1.0.wasm"))]
+    Inspect {
+        /// The connector component (`.wasm`).
+        component: PathBuf,
+    },
+    /// Checks the config and credentials against the tenant: prints `ok` or the cause.
+    #[command(after_help = example(
+        "connector-host validate defender_alerts.wasm --config contoso-alerts.json --secrets \
+         secrets.json\n  connector-host validate instances/contoso-alerts.json"
+    ))]
+    Validate {
+        /// The component (`.wasm`) with --config, or a `serve` instance file (`.json`),
+        /// which names its component, config and secrets.
+        component: PathBuf,
+        /// The instance's config file (needed with a component).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         #[command(flatten)]
         secrets: SecretArgs,
         #[command(flatten)]
         limits: LimitArgs,
     },
     /// Polls the tenant and writes events as JSON lines.
+    #[command(after_help = example(
+        "connector-host run defender_alerts.wasm --config contoso-alerts.json \\\n    \
+         --secrets secrets.json --state contoso.db --out alerts.jsonl"
+    ))]
     Run {
+        /// The connector component (`.wasm`).
         component: PathBuf,
+        /// The instance's config file (JSON: tenant_id, client_id, backfill_days, ...).
         #[arg(long)]
         config: PathBuf,
         /// SQLite state file (cursor, KV, outbox); created if missing.
@@ -77,13 +112,19 @@ enum Command {
         limits: LimitArgs,
     },
     /// Replays a recorded fixture scenario: no network, virtual time.
+    #[command(after_help = example(
+        "connector-host replay defender_alerts.wasm --fixture fixtures/defender-alerts/throttled"
+    ))]
     Replay {
+        /// The connector component (`.wasm`).
         component: PathBuf,
+        /// The scenario's directory (holding `scenario.json`).
         #[arg(long)]
         fixture: PathBuf,
         /// Replaces the scenario's config.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Output file for event lines, appended to; `-` is stdout.
         #[arg(long, default_value = "-")]
         out: PathBuf,
         /// State file to keep (default: in memory).
@@ -93,21 +134,38 @@ enum Command {
         limits: LimitArgs,
     },
     /// Runs every instance described in a directory, each on its own schedule; reloads the
-    /// directory every `--rescan-secs` and on SIGHUP.
+    /// directory every `--rescan-secs` and on SIGHUP (which also reopens the output files).
+    #[command(after_help = example(
+        "connector-host serve --instances instances --state platform.db --out events \\\n    \
+         --metrics 127.0.0.1:9464\n  connector-host serve --instances instances --check --online"
+    ))]
     Serve {
         /// A directory of instance files (`<name>.json`: component, config, secrets,
         /// interval_secs).
         #[arg(long)]
         instances: PathBuf,
         /// SQLite state file shared by all instances; created if missing.
+        #[arg(long, required_unless_present = "check")]
+        state: Option<PathBuf>,
+        /// Check every instance file (format, component, secrets, config) without serving:
+        /// one line per instance, exit 2 if any must be fixed.
         #[arg(long)]
-        state: PathBuf,
+        check: bool,
+        /// With --check: also `validate` each instance against its tenant (exit 1 if one
+        /// fails there).
+        #[arg(long, requires = "check")]
+        online: bool,
         /// Directory for event lines, one `<instance>.jsonl` per instance (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9464.
+        /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on this
+        /// loopback address, e.g. 127.0.0.1:9464.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Allow a --metrics address that is not loopback (e.g. 0.0.0.0:9464): anyone who
+        /// can reach it reads instance names, connectors and error codes.
+        #[arg(long, requires = "metrics")]
+        metrics_public: bool,
         /// Seconds between reads of the instances directory.
         #[arg(long, default_value_t = 5)]
         rescan_secs: u64,
@@ -117,8 +175,14 @@ enum Command {
     /// Runs against the real tenant like `run --once` (from no state) and writes every HTTP
     /// exchange as a fixture scenario that `replay` serves back, with the secret, tokens,
     /// tenant and client IDs and the `--redact-field` values replaced by placeholders.
+    #[command(after_help = example(
+        "connector-host record entra.wasm --config contoso-entra.json --secrets secrets.json \\\n    \
+         --fixture fixtures/entra/contoso --validate --redact-field userPrincipalName"
+    ))]
     Record {
+        /// The connector component (`.wasm`).
         component: PathBuf,
+        /// The instance's config file.
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
@@ -149,15 +213,49 @@ enum Command {
     /// Prints each instance of a state file with its health: last success, lag (now minus
     /// the newest event time), events, HTTP calls (tokens included), 429 responses, time
     /// spent waiting on the API, consecutive failures and the last error.
+    #[command(after_help = example(
+        "connector-host status --state platform.db\n  connector-host status --state platform.db --json"
+    ))]
     Status {
+        /// The state file to read; it is opened read-only and never changed.
         #[arg(long)]
         state: PathBuf,
+        /// One JSON array of instances with every field in full (errors unshortened).
+        #[arg(long)]
+        json: bool,
     },
-    /// Runs the Defender Alerts connector on a bundled fixture (no cloud account needed).
+    /// Deletes one instance's state (cursor, KV, undelivered events, health) from a state
+    /// file, leaving the others; its next run starts over with a new backfill.
+    #[command(after_help = example(
+        "connector-host forget --state platform.db --instance contoso-alerts --yes"
+    ))]
+    Forget {
+        /// The state file.
+        #[arg(long)]
+        state: PathBuf,
+        /// The instance to delete, as `status` names it.
+        #[arg(long)]
+        instance: String,
+        /// Delete without asking: without it, `forget` only says what it would delete.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Replays a bundled fixture scenario through a connector (no cloud account needed).
+    #[command(after_help = example(
+        "connector-host demo\n  connector-host demo --list\n  connector-host demo --scenario call-budget"
+    ))]
     Demo {
-        /// Scenario under fixtures/defender-alerts/.
+        /// The scenario: a directory name under fixtures/<connector>/ (`demo --list`
+        /// shows them all).
         #[arg(long, default_value = "incremental")]
         scenario: String,
+        /// The connector whose scenario to replay (default: the one that has it, else
+        /// defender-alerts).
+        #[arg(long)]
+        connector: Option<String>,
+        /// List the scenarios of every connector with a line on each, then exit.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -195,15 +293,35 @@ impl From<&LimitArgs> for Limits {
     }
 }
 
+/// The exit codes, at the end of `connector-host --help`.
+const EXIT_CODES: &str = "Exit codes:
+  0  ok
+  1  the connector reported an error (authentication, a failed poll, a failed validation,
+     a replay that did not match), or a host failure
+  2  usage or config error: a bad flag or file, a config the connector refuses, a state
+     file that cannot be used, an instance held by another process";
+
+/// The example section of a command's `--help` (`text`: one command a line), with the
+/// exit codes.
+fn example(text: &str) -> String {
+    format!("Examples:\n  {text}\n\n{EXIT_CODES}")
+}
+
 /// A failure of the CLI: the message (one line) and the exit code.
-struct Failure(u8, String);
+pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
 impl Failure {
-    fn usage(m: impl std::fmt::Display) -> Self {
+    pub(crate) fn usage(m: impl std::fmt::Display) -> Self {
         Failure(2, m.to_string())
     }
     fn connector(m: impl std::fmt::Display) -> Self {
         Failure(1, m.to_string())
+    }
+}
+
+impl From<crate::state::StateError> for Failure {
+    fn from(e: crate::state::StateError) -> Self {
+        Failure::usage(e)
     }
 }
 
@@ -215,7 +333,7 @@ impl From<RunError> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    init_logging(&cli.log_level, cli.log_format);
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
@@ -228,21 +346,44 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_filter(level)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter("info")));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| crate::progress::LogWriter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// A plain level applies to this host's lines and the components' (`component` target);
+/// the libraries (HTTP, TLS, wasmtime, cranelift) stay at `warn` below `trace`, so `debug`
+/// shows what the host does rather than every socket read. Anything else is a tracing
+/// filter as given.
+fn log_filter(level: &str) -> String {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace".into(),
+        l @ ("debug" | "info") => format!("warn,connector_host={l},component={l}"),
+        l @ ("warn" | "error" | "off") => l.into(),
+        _ => level.into(),
+    }
 }
 
 fn execute(cli: Cli) -> Result<(), Failure> {
-    if let Command::Status { state } = &cli.command {
-        return status(state);
+    match &cli.command {
+        Command::Status { state, json } => return crate::status::print(state, *json),
+        Command::Forget {
+            state,
+            instance,
+            yes,
+        } => return forget(state, instance, *yes),
+        _ => {}
     }
     let cache = cli.cache_dir.or_else(HostEngine::default_cache_dir);
     let engine = HostEngine::new(cache).map_err(|e| Failure::connector(format!("{e:#}")))?;
@@ -252,12 +393,31 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let component = load(&component)?;
             describe(&component)
         }
+        Command::Inspect { component } => {
+            let loaded = load(&component)?;
+            inspect(&component, &loaded)
+        }
         Command::Validate {
             component,
             config,
             secrets,
             limits,
         } => {
+            if component.extension().is_some_and(|e| e == "json") {
+                let checked =
+                    crate::check::check_file(&engine, &component, &(&limits).into(), true);
+                println!("{}", checked.line());
+                return match crate::check::exit_code(std::slice::from_ref(&checked)) {
+                    0 => Ok(()),
+                    code => Err(Failure(code, String::new())),
+                };
+            }
+            let config = config.ok_or_else(|| {
+                Failure::usage(
+                    "validate needs --config <file> with a component (or give it a serve \
+                     instance file instead of the component)",
+                )
+            })?;
             let setup = setup(
                 load(&component)?,
                 &config,
@@ -287,7 +447,14 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             instance,
             limits,
         } => {
+            if interval == Some(0) {
+                return Err(Failure::usage(
+                    "--interval 0 would poll Graph without pause; give at least 1 second \
+                     (omit it for the connector's suggestion)",
+                ));
+            }
             let component = load(&component)?;
+            let named = instance.is_some();
             let mut setup = setup(
                 component,
                 &config,
@@ -296,14 +463,30 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 &state,
                 (&limits).into(),
             )?;
+            let source = std::path::absolute(&config).unwrap_or_else(|_| config.clone());
+            setup.source = Some((source.display().to_string(), !named));
             setup.stop = stop_on_signals()?;
+            setup.reopen = reopen_on_sighup()?;
             let sink = Sink::open(&out).map_err(Failure::usage)?;
+            let runner_name = setup.instance.clone();
             let mut runner = Runner::new(setup, sink)?;
             runner.progress = crate::progress::Progress::on_terminal();
             let interval = match interval {
                 Some(s) => Duration::from_secs(s),
                 None => Duration::from_secs(runner.poll_interval_secs().max(1).into()),
             };
+            tracing::info!(instance = %runner_name, connector = runner.connector(),
+                version = runner.version(), interval_secs = interval.as_secs(), once,
+                state = %state.display(), out = %out.display(), "instance started");
+            if interval < Duration::from_secs(MIN_QUIET_INTERVAL_SECS) && !once {
+                tracing::warn!(
+                    "--interval {}: polling Graph more often than every \
+                     {MIN_QUIET_INTERVAL_SECS} s spends the tenant's API quota; the connector \
+                     suggests {} s",
+                    interval.as_secs(),
+                    runner.poll_interval_secs()
+                );
+            }
             runner.run(once, interval).map_err(Failure::from)
         }
         Command::Replay {
@@ -323,14 +506,21 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             state,
             out,
             metrics,
+            metrics_public,
             rescan_secs,
             limits,
+            check,
+            online,
         } => {
+            if check {
+                return check_instances(&engine, &instances, &(&limits).into(), online);
+            }
+            let state = state.expect("clap requires --state without --check");
             let mut options = ServeOptions::new(instances, state);
             options.out = out;
             options.rescan = Duration::from_secs(rescan_secs.max(1));
             options.limits = (&limits).into();
-            serve(&engine, options, metrics)
+            serve(&engine, options, metrics.map(|a| (a, metrics_public)))
         }
         Command::Record {
             component,
@@ -379,12 +569,27 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 _ => Ok(()),
             }
         }
-        Command::Status { .. } => unreachable!("handled above: needs no engine"),
-        Command::Demo { scenario } => {
-            let component = load(&crate::component_path("defender-alerts"))?;
-            let fixture = crate::fixtures_dir()
-                .join("defender-alerts")
-                .join(&scenario);
+        Command::Status { .. } | Command::Forget { .. } => {
+            unreachable!("handled above: needs no engine")
+        }
+        Command::Demo {
+            scenario,
+            connector,
+            list,
+        } => {
+            let scenarios = crate::demo::scenarios().map_err(Failure::usage)?;
+            if list {
+                print!("{}", crate::demo::listing(&scenarios));
+                return Ok(());
+            }
+            let chosen = crate::demo::choose(&scenarios, &scenario, connector.as_deref())
+                .map_err(Failure::usage)?;
+            eprintln!(
+                "demo: {}/{}: {}",
+                chosen.connector, chosen.name, chosen.description
+            );
+            let component = load(&crate::component_path(&chosen.connector))?;
+            let fixture = chosen.dir.clone();
             replay_to(
                 &component,
                 &fixture,
@@ -400,16 +605,17 @@ fn execute(cli: Cli) -> Result<(), Failure> {
 fn serve(
     engine: &HostEngine,
     options: ServeOptions,
-    metrics: Option<std::net::SocketAddr>,
+    metrics: Option<(std::net::SocketAddr, bool)>,
 ) -> Result<(), Failure> {
     let shutdown = stop_on_signals()?;
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
+    let loaded = options.loaded.clone();
     let mut server = Server::new(engine, options).map_err(Failure::usage)?;
     let metrics = match metrics {
-        Some(addr) => Some(
-            crate::metrics::spawn(addr, server.state(), shutdown.clone())
+        Some((addr, public)) => Some(
+            crate::metrics::spawn(addr, public, server.state(), loaded, shutdown.clone())
                 .map_err(Failure::usage)?,
         ),
         None => None,
@@ -422,6 +628,84 @@ fn serve(
     Ok(())
 }
 
+fn check_instances(
+    engine: &HostEngine,
+    dir: &Path,
+    limits: &Limits,
+    online: bool,
+) -> Result<(), Failure> {
+    let files = crate::check::instance_files(dir).map_err(Failure::usage)?;
+    if files.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} holds no instance files (*.json)",
+            dir.display()
+        )));
+    }
+    let mut checked = Vec::new();
+    for file in files {
+        let c = crate::check::check_file(engine, &file, limits, online);
+        println!("{}", c.line());
+        checked.push(c);
+    }
+    match crate::check::exit_code(&checked) {
+        0 => Ok(()),
+        code => Err(Failure(code, String::new())),
+    }
+}
+
+/// Intervals below this are allowed (simulators, tests) but warned about.
+const MIN_QUIET_INTERVAL_SECS: u64 = 30;
+
+/// A counter raised by SIGHUP: the runners reopen their `--out` files (log rotation).
+fn reopen_on_sighup() -> Result<Arc<std::sync::atomic::AtomicU64>, Failure> {
+    let reopen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let raised = reopen.clone();
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
+    unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
+            raised.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    }
+    .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
+    Ok(reopen)
+}
+
+fn forget(state: &Path, instance: &str, yes: bool) -> Result<(), Failure> {
+    if !state.exists() {
+        return Err(Failure::usage(format!(
+            "no state file at {}",
+            state.display()
+        )));
+    }
+    if !yes {
+        let db = StateDb::open_for_reading(state).map_err(Failure::usage)?;
+        let known = db
+            .health()
+            .map_err(Failure::usage)?
+            .iter()
+            .any(|r| r.instance == instance);
+        if !known {
+            return Err(Failure::usage(format!(
+                "{} holds no instance {instance:?}; `connector-host status --state {}` lists them",
+                state.display(),
+                state.display()
+            )));
+        }
+        return Err(Failure::usage(format!(
+            "this deletes instance {instance:?} from {} (its cursor, state, undelivered events \
+             and health; its next run starts over with a new backfill); pass --yes to do it",
+            state.display()
+        )));
+    }
+    let mut db = StateDb::open(state).map_err(Failure::usage)?;
+    let gone = crate::lifecycle::forget(&mut db, instance).map_err(Failure::usage)?;
+    println!(
+        "forgot instance {instance}: its cursor, {} state keys, {} undelivered events and its health",
+        gone.kv_keys, gone.events_undelivered
+    );
+    Ok(())
+}
+
 /// A flag raised by SIGINT or SIGTERM; a second signal ends the process at once.
 fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -431,87 +715,6 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
             .map_err(|e| Failure::connector(format!("installing signal handlers: {e}")))?;
     }
     Ok(stop)
-}
-
-fn status(path: &Path) -> Result<(), Failure> {
-    if !path.exists() {
-        return Err(Failure::usage(format!(
-            "no state file at {}",
-            path.display()
-        )));
-    }
-    let rows = StateDb::open(path)
-        .and_then(|db| db.health())
-        .map_err(Failure::usage)?;
-    let now = std::time::SystemTime::now();
-    let ago = |t: &Option<String>| -> String {
-        t.as_deref()
-            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .map(|d| {
-                humantime::format_duration(Duration::from_secs(d.as_secs()))
-                    .to_string()
-                    .replace(' ', "")
-            })
-            .unwrap_or_else(|| "-".into())
-    };
-    println!(
-        "{:<24} {:<22} {:<21} {:>12} {:>9} {:>8} {:>9} {:>8} {:>8}  LAST ERROR",
-        "INSTANCE",
-        "CONNECTOR",
-        "LAST SUCCESS",
-        "LAG",
-        "EVENTS",
-        "CALLS",
-        "THROTTLED",
-        "WAITED",
-        "FAILURES"
-    );
-    for r in rows {
-        let error = match (&r.last_error_code, &r.last_error) {
-            _ if r.failures == 0 => String::new(),
-            (Some(code), Some(m)) => format!("[{code}] {m}"),
-            (_, m) => m.clone().unwrap_or_default(),
-        };
-        let line = format!(
-            "{:<24} {:<22} {:<21} {:>12} {:>9} {:>8} {:>9} {:>7}s {:>8}  {}",
-            r.instance,
-            r.connector,
-            r.last_success.as_deref().unwrap_or("never"),
-            ago(&r.newest_event),
-            r.events,
-            r.requests,
-            r.throttled,
-            r.waited_secs,
-            r.failures,
-            // One line per instance, whatever the error holds.
-            error
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .chars()
-                .take(160)
-                .collect::<String>()
-        );
-        println!("{}", line.trim_end());
-        if !r.degraded.is_empty() {
-            println!("{:<24} degraded: {}", "", degraded_summary(&r.degraded));
-        }
-    }
-    Ok(())
-}
-
-/// `risk_detections throttled (429 …), incidents fallback (…)`, on one line.
-fn degraded_summary(degraded: &[crate::state::Degraded]) -> String {
-    degraded
-        .iter()
-        .map(|d| {
-            let message: String = d.message.split_whitespace().collect::<Vec<_>>().join(" ");
-            let message: String = message.chars().take(120).collect();
-            format!("{} {} ({message})", d.data_type, d.code)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn describe(component: &LoadedComponent) -> Result<(), Failure> {
@@ -540,6 +743,41 @@ fn describe(component: &LoadedComponent) -> Result<(), Failure> {
     println!(
         "{}",
         serde_json::to_string_pretty(&doc).expect("JSON serializes")
+    );
+    Ok(())
+}
+
+/// `inspect`: what a component file is, with no external tool: its name and version (its
+/// own `describe`) and the WIT package version of its imports and export.
+fn inspect(path: &Path, component: &LoadedComponent) -> Result<(), Failure> {
+    let state = StateDb::open(Path::new(":memory:")).map_err(Failure::usage)?;
+    let setup = RunSetup::new(
+        component.clone(),
+        "inspect".into(),
+        "{}".into(),
+        Secrets::default(),
+        Arc::new(Mutex::new(state)),
+    );
+    let m = setup.describe()?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let wit = crate::inspect::wit_versions(component);
+    println!("name: {}", m.name);
+    println!("version: {}", m.version);
+    println!(
+        "wit: {}",
+        if wit.is_empty() {
+            "unknown".into()
+        } else {
+            wit.join(", ")
+        }
+    );
+    println!(
+        "sha256: {}",
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     Ok(())
 }
@@ -631,7 +869,7 @@ fn replay_to(
 
 fn print_report(report: &ReplayReport) {
     for (i, step) in report.steps.iter().enumerate() {
-        let requests: u64 = step.polls.iter().map(|p| p.requests).sum();
+        let requests = step.requests;
         eprintln!(
             "{} step {}: {:?}: {} ({} events, {} polls, {} requests)",
             report.scenario,
@@ -648,5 +886,44 @@ fn print_report(report: &ReplayReport) {
         for u in &step.unused {
             eprintln!("  recorded but never requested: {u}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_of_every_command_is_described() {
+        let cli = Cli::command();
+        let mut undescribed = Vec::new();
+        for command in cli.get_subcommands() {
+            assert!(
+                command.get_after_help().is_some(),
+                "{} has no example",
+                command.get_name()
+            );
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    undescribed.push(format!("{} {id}", command.get_name()));
+                }
+            }
+        }
+        assert!(undescribed.is_empty(), "undescribed: {undescribed:?}");
+    }
+
+    #[test]
+    fn a_plain_level_leaves_the_libraries_at_warn() {
+        assert_eq!(
+            log_filter("debug"),
+            "warn,connector_host=debug,component=debug"
+        );
+        assert_eq!(log_filter("trace"), "trace");
+        assert_eq!(log_filter("info,ureq=debug"), "info,ureq=debug");
     }
 }

@@ -156,6 +156,14 @@ impl ReplayTransport {
             .collect()
     }
 
+    /// Requests the component made in this step, answered or not (a `validate` step's
+    /// too, which has no poll records to count them).
+    fn requests(&self) -> u64 {
+        let exchanges = self.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+        let used = exchanges.iter().filter(|(_, used)| *used).count();
+        (used + self.unexpected().len()) as u64
+    }
+
     fn unexpected(&self) -> Vec<String> {
         self.unexpected
             .lock()
@@ -260,6 +268,9 @@ pub struct StepReport {
     /// Recorded exchanges the component never asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unused: Vec<String>,
+    /// HTTP requests the step made (the summary line; the snapshots count exchanges).
+    #[serde(skip)]
+    pub requests: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -339,6 +350,8 @@ pub fn replay(
             limits: options.limits.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             seeded_random: true,
+            source: None,
+            reopen: Default::default(),
         };
         let (outcome, polls) = match step.action {
             Action::Poll => {
@@ -370,6 +383,7 @@ pub fn replay(
             events,
             unexpected: transport.unexpected(),
             unused: transport.unused(),
+            requests: transport.requests(),
         });
     }
     Ok(report)

@@ -4,20 +4,29 @@
 //!   [`instance`]: one live component instance and the calls into it.
 //! - [`imports`]: one module per imported WIT interface (`http`, `secrets`, `kv`, `emit`, `log`);
 //!   [`wit`]: one module per WIT version (0.1, 0.2), older ones converted onto the latest.
-//! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines.
+//! - [`state`]: SQLite state (cursor, KV, outbox) and [`sink`]: delivery of event lines;
+//!   [`holder`]: one process at a time per instance; [`lifecycle`]: where an instance came
+//!   from, its removal and `forget`.
 //! - [`runner`]: the poll loop and its delivery guarantees; [`fixture`]: replay of recorded
 //!   HTTP exchanges, [`record`]: recording them from a real tenant, scrubbed; [`serve`]: many
-//!   instances in one process, [`metrics`] their Prometheus text; [`progress`]: `run`'s
-//!   progress line; [`cli`]: the `connector-host` command line.
+//!   instances in one process, [`check`] its `--check` of instance files, [`metrics`] their
+//!   Prometheus text; [`progress`]: `run`'s
+//!   progress line; [`status`]: the `status` table; [`cli`]: the `connector-host` command line.
 
 pub mod bindings;
+pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod demo;
 pub mod engine;
 pub mod fixture;
+pub mod holder;
 pub mod imports;
+pub mod inspect;
 pub mod instance;
+pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod progress;
 pub mod record;
 pub mod redact;
@@ -26,6 +35,7 @@ pub mod secrets;
 pub mod serve;
 pub mod sink;
 pub mod state;
+pub mod status;
 pub mod wit;
 
 use std::path::PathBuf;

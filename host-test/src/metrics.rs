@@ -1,5 +1,7 @@
 //! Instance health as Prometheus (OpenMetrics) text, served on a loopback address by
-//! `connector-host serve --metrics 127.0.0.1:PORT`.
+//! `connector-host serve --metrics 127.0.0.1:PORT` (another address only with
+//! `--metrics-public`), beside `/healthz` (the process answers) and `/readyz` (the
+//! instances directory was loaded and the state file is writable).
 //!
 //! The figures are the health records of the state file, the same ones `connector-host
 //! status` prints, read at each scrape: what a scrape shows survives restarts and agrees
@@ -43,7 +45,9 @@ struct DegradedLabels {
 pub enum MetricsError {
     #[error(
         "--metrics {0}: metrics are served on a loopback address only (127.0.0.1 or ::1); \
-         put a reverse proxy in front to expose them"
+         put a reverse proxy in front to expose them, or add --metrics-public to serve them \
+         on this address to anyone who can reach it (instance names and error codes, no \
+         secrets)"
     )]
     NotLoopback(SocketAddr),
     #[error("cannot listen on {addr} for metrics: {cause}")]
@@ -54,6 +58,15 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The exposition of `rows` at `now`.
 pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
+    render_with(rows, &Default::default(), now)
+}
+
+/// [`render`] with each instance's count of committed but undelivered events.
+pub fn render_with(
+    rows: &[HealthRow],
+    undelivered: &std::collections::BTreeMap<String, u64>,
+    now: SystemTime,
+) -> String {
     let mut registry = Registry::default();
     let mut gauge = |name: &str, help: &str| {
         let family = Family::<Labels, FloatGauge>::default();
@@ -75,6 +88,10 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
     let failures = gauge(
         "connector_consecutive_failures",
         "Failed polls since the last successful one",
+    );
+    let waiting = gauge(
+        "connector_undelivered_events",
+        "Events committed to the state file but not yet written to the output",
     );
     let mut counter = |name: &str, help: &str| {
         let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
@@ -122,6 +139,9 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
         up.get_or_create(&l)
             .set(if r.failures == 0 { 1.0 } else { 0.0 });
         failures.get_or_create(&l).set(r.failures as f64);
+        waiting
+            .get_or_create(&l)
+            .set(undelivered.get(&r.instance).copied().unwrap_or(0) as f64);
         if let Some(t) = r.last_success.as_deref().and_then(unix) {
             last_success.get_or_create(&l).set(t);
         }
@@ -163,14 +183,50 @@ pub fn render(rows: &[HealthRow], now: SystemTime) -> String {
     text
 }
 
-/// Serves `GET /metrics` on `addr` (loopback only) until `stop` is raised.
+/// The figures of every instance not removed (a removed instance leaves the metrics,
+/// `connector_up` included, while `status` still shows it until it is forgotten).
+fn scrape(db: &StateDb) -> Result<String, crate::state::StateError> {
+    let removed = crate::lifecycle::removed(db)?;
+    let rows: Vec<HealthRow> = db
+        .health()?
+        .into_iter()
+        .filter(|r| !removed.contains_key(&r.instance))
+        .collect();
+    let undelivered = crate::lifecycle::undelivered_counts(db)?;
+    Ok(render_with(&rows, &undelivered, SystemTime::now()))
+}
+
+/// `/readyz`: the instances were loaded (`loaded`) and the state file can be written.
+fn readiness(db: &StateDb, loaded: bool) -> Result<(), String> {
+    if !loaded {
+        return Err("the instances directory has not been loaded yet".into());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(db.path())
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "the state file {} is not writable: {e}",
+                db.path().display()
+            )
+        })
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `addr` until `stop` is raised. A
+/// non-loopback address needs `public`.
 pub fn spawn(
     addr: SocketAddr,
+    public: bool,
     state: Arc<Mutex<StateDb>>,
+    loaded: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, MetricsError> {
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && !public {
         return Err(MetricsError::NotLoopback(addr));
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "metrics served to anyone who can reach {addr} (--metrics-public)");
     }
     let server = tiny_http::Server::http(addr).map_err(|cause| MetricsError::Listen {
         addr,
@@ -184,21 +240,26 @@ pub fn spawn(
                 let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) else {
                     continue;
                 };
-                let response = if request.url() == "/metrics" {
-                    let rows = state.lock().unwrap_or_else(|p| p.into_inner()).health();
-                    match rows {
-                        Ok(rows) => {
-                            tiny_http::Response::from_string(render(&rows, SystemTime::now()))
-                                .with_header(content_type(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ))
+                let db = || state.lock().unwrap_or_else(|p| p.into_inner());
+                let response = match request.url() {
+                    "/metrics" => match scrape(&db()) {
+                        Ok(text) => {
+                            tiny_http::Response::from_string(text).with_header(content_type(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ))
                         }
                         Err(e) => {
                             tiny_http::Response::from_string(format!("{e}\n")).with_status_code(500)
                         }
-                    }
-                } else {
-                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                    },
+                    "/healthz" => tiny_http::Response::from_string("ok\n"),
+                    "/readyz" => match readiness(&db(), loaded.load(Ordering::Relaxed)) {
+                        Ok(()) => tiny_http::Response::from_string("ready\n"),
+                        Err(why) => tiny_http::Response::from_string(format!("not ready: {why}\n"))
+                            .with_status_code(503),
+                    },
+                    _ => tiny_http::Response::from_string("see /metrics, /healthz, /readyz\n")
+                        .with_status_code(404),
                 };
                 if let Err(e) = request.respond(response) {
                     tracing::debug!("metrics response not sent: {e}");
@@ -260,6 +321,17 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains(r#"connector_last_error{instance="ok-tenant""#));
+        let waiting = render_with(
+            &[row("stuck", 1, Some("delivery"))],
+            &[("stuck".to_string(), 17)].into(),
+            now,
+        );
+        assert!(
+            waiting.contains(
+                r#"connector_undelivered_events{instance="stuck",connector="defender-alerts"} 17.0"#
+            ),
+            "{waiting}"
+        );
         assert!(!text.contains("secret-free message"), "messages stay out");
     }
 

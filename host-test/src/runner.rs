@@ -6,7 +6,7 @@
 //! `Retry-After`, backoff, a spent call budget) go through the [`Clock`], so fixture replay
 //! runs them on virtual time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,9 +15,11 @@ use serde_json::value::RawValue;
 use crate::bindings::{Batch, ConfigError, Event, PollError};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Limits, LoadedComponent};
+use crate::holder::Claim;
 use crate::imports::http::NetworkTransport;
 use crate::imports::{AllowList, Transport, Wiring};
 use crate::instance::{Instance, InstanceError};
+use crate::lifecycle::LifecycleError;
 use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
@@ -33,6 +35,9 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    /// The instance's name belongs to another config file (see [`crate::lifecycle`]).
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     /// The connector reported a poll error that waiting will not fix (auth, fatal).
     #[error("instance {instance}: {message}")]
     Connector { instance: String, message: String },
@@ -42,7 +47,10 @@ impl RunError {
     /// The CLI's exit code: 2 for a config the user must fix, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) => 2,
+            RunError::Config(_) | RunError::Lifecycle(_) => 2,
+            // Another process holds the instance, or a component swapped under it: a usage
+            // error, not the connector's.
+            RunError::State(StateError::Held { .. } | StateError::WrongConnector { .. }) => 2,
             _ => 1,
         }
     }
@@ -72,6 +80,13 @@ pub struct RunSetup {
     pub stop: Arc<AtomicBool>,
     /// Seeded randomness in the component (deterministic replay).
     pub seeded_random: bool,
+    /// The file the instance is run from (absolute) and whether its name was taken from
+    /// that file's name (then an instance of that name created from another file is
+    /// refused, see [`crate::lifecycle::bind_source`]).
+    pub source: Option<(String, bool)>,
+    /// Raised (incremented) to make the runner reopen its `--out` file: SIGHUP, after
+    /// the file was rotated away.
+    pub reopen: Arc<AtomicU64>,
 }
 
 impl RunSetup {
@@ -98,6 +113,8 @@ impl RunSetup {
             limits: Limits::default(),
             stop: Arc::new(AtomicBool::new(false)),
             seeded_random: false,
+            source: None,
+            reopen: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -122,6 +139,13 @@ impl RunSetup {
         Ok(Instance::new(&self.component, self.wiring(), &self.limits)?.describe()?)
     }
 
+    /// Refuses secrets with a misspelled name for one the connector reads.
+    fn check_secret_names(&self, metadata: &crate::bindings::Metadata) -> Result<(), RunError> {
+        self.secrets
+            .check_names(&metadata.secrets)
+            .map_err(|e| RunError::Config(e.to_string()))
+    }
+
     /// A fresh instance with the config applied.
     pub fn configured_instance(&self) -> Result<Instance, RunError> {
         let mut instance = Instance::new(&self.component, self.wiring(), &self.limits)?;
@@ -134,6 +158,9 @@ impl RunSetup {
     /// `validate` on a fresh instance: `ok` or `error: <code>: <message> (<remedy>)`, the
     /// line the CLI prints.
     pub fn validate(&self) -> Result<String, RunError> {
+        if let Err(RunError::Config(m)) = self.check_secret_names(&self.describe()?) {
+            return Ok(format!("error: invalid-config: {m}"));
+        }
         let mut instance = match self.configured_instance() {
             Ok(i) => i,
             Err(RunError::Config(m)) => return Ok(format!("error: invalid-config: {m}")),
@@ -174,7 +201,17 @@ enum Step {
 
 pub struct Runner {
     setup: RunSetup,
+    /// This process's hold on the instance, released when the runner is dropped.
+    claim: Option<Claim>,
+    /// The host the poll's last request could not reach (a `network` failure).
+    network: crate::network::Watch,
+    /// The `reopen` generation the sink was opened at.
+    sink_generation: u64,
+    /// When the last info line about polls was logged: quiet polls log one "up to date"
+    /// line per [`QUIET_LOG_EVERY`], not one per poll.
+    last_poll_line: Option<std::time::SystemTime>,
     connector: String,
+    version: String,
     poll_interval_secs: u32,
     routing: Vec<String>,
     sink: Sink,
@@ -188,11 +225,22 @@ pub struct Runner {
 impl Runner {
     /// Prepares the instance's state, reconciles the sink with the outbox after a crash
     /// and delivers what a previous run committed but did not deliver.
-    pub fn new(setup: RunSetup, sink: Sink) -> Result<Self, RunError> {
+    ///
+    /// The causes come in the order an operator can act on them: a component swapped under
+    /// the instance first, then the config, then another process holding the instance.
+    pub fn new(mut setup: RunSetup, sink: Sink) -> Result<Self, RunError> {
         let routing = routing_of(&setup.config);
+        let (transport, network) = crate::network::Watched::wrap(setup.transport.clone());
+        setup.transport = transport;
+        let sink_generation = setup.reopen.load(Ordering::Relaxed);
         let mut runner = Runner {
             setup,
+            claim: None,
+            network,
+            sink_generation,
+            last_poll_line: None,
             connector: String::new(),
+            version: String::new(),
             poll_interval_secs: 0,
             routing,
             sink,
@@ -200,17 +248,35 @@ impl Runner {
             records: None,
             progress: None,
         };
-        let mut instance = runner.fresh_instance()?;
-        let metadata = instance.describe()?;
+        let metadata = runner.setup.describe()?;
+        runner
+            .db()
+            .check_owner(&runner.setup.instance, &metadata.name)?;
+        runner.setup.check_secret_names(&metadata)?;
         runner.connector = metadata.name;
+        runner.version = metadata.version;
         runner.poll_interval_secs = metadata.poll_interval_secs;
-        runner.instance = Some(instance);
+        runner.instance = Some(runner.fresh_instance()?);
+        let now = runner.now_rfc3339();
+        runner.claim = Some(Claim::take(
+            &runner.setup.state,
+            &runner.setup.instance,
+            &now,
+        )?);
+        if let Some((source, strict)) = &runner.setup.source {
+            crate::lifecycle::bind_source(&runner.db(), &runner.setup.instance, source, *strict)?;
+        }
         runner
             .db()
             .ensure_instance(&runner.setup.instance, &runner.connector)?;
         runner.reconcile_sink()?;
-        runner.deliver()?;
+        runner.deliver_or_record()?;
         Ok(runner)
+    }
+
+    /// The component's version, as its `describe` says.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     pub fn connector(&self) -> &str {
@@ -248,9 +314,19 @@ impl Runner {
         Ok(())
     }
 
-    /// Moves committed lines from the outbox to the sink.
+    /// Moves committed lines from the outbox to the sink, after reopening the sink if
+    /// asked to (a rotated `--out` file).
     fn deliver(&mut self) -> Result<usize, RunError> {
         let name = self.setup.instance.clone();
+        let generation = self.setup.reopen.load(Ordering::Relaxed);
+        if generation != self.sink_generation {
+            if let Sink::File { path, .. } = &self.sink {
+                let path = path.clone();
+                self.sink = Sink::open(&path)?;
+                tracing::info!(instance = %name, out = %path.display(), "output file reopened");
+            }
+            self.sink_generation = generation;
+        }
         let lines = self.db().undelivered(&name)?;
         let Some(&(last, _)) = lines.last() else {
             return Ok(0);
@@ -258,6 +334,34 @@ impl Runner {
         self.sink.write(&lines)?;
         self.db().mark_delivered(&name, last)?;
         Ok(lines.len())
+    }
+
+    /// [`Self::deliver`], and a failure to deliver is a failure in the health record
+    /// (`delivery`, with the count of events waiting), not only an error in the log: the
+    /// poll committed, so `status` and the metrics would otherwise show a fresh success.
+    fn deliver_or_record(&mut self) -> Result<usize, RunError> {
+        match self.deliver() {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let name = self.setup.instance.clone();
+                let waiting = self.db().undelivered(&name).map(|l| l.len()).unwrap_or(0);
+                let message = format!(
+                    "{waiting} committed events not delivered: {e}; they are delivered when \
+                     the output works again"
+                );
+                tracing::error!(instance = %name, "{message}");
+                let record = PollRecord {
+                    outcome: "delivery",
+                    events: 0,
+                    more: false,
+                    wait_secs: 0,
+                    requests: 0,
+                    message: Some(message),
+                };
+                self.write_health(&record, false, 0, false);
+                Err(e)
+            }
+        }
     }
 
     /// Polls until the component has no `more` (`once`), or until `stop` is raised,
@@ -293,6 +397,10 @@ impl Runner {
             if told_to_wait {
                 let _ = self.db().add_wait(&self.setup.instance, wait.as_secs());
             }
+            if let Some(claim) = &self.claim {
+                let next = self.setup.clock.now() + wait;
+                claim.set_next_poll(&humantime::format_rfc3339_seconds(next).to_string());
+            }
             if !wait.is_zero() {
                 self.setup.clock.sleep(wait, &self.setup.stop);
             }
@@ -314,6 +422,7 @@ impl Runner {
             None => self.fresh_instance()?,
         };
         let cursor = self.db().cursor(&name)?;
+        self.network.take();
         let result = match instance.poll(cursor.as_deref()) {
             Ok(r) => r,
             Err(e) => {
@@ -327,7 +436,7 @@ impl Runner {
                     requests: 0,
                     message: Some(e.to_string()),
                 };
-                self.write_health(&record, false, 0);
+                self.write_health(&record, false, 0, false);
                 self.record(record);
                 return Ok(Step::Failed {
                     message: e.to_string(),
@@ -337,7 +446,17 @@ impl Runner {
         self.instance = Some(instance);
         let (requests, throttled) = (result.requests, result.throttled);
         let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
-        let redact = |m: &str| self.setup.redactor.redact(m);
+        // A failure whose last request could not connect is the network's, whatever the
+        // component called it: named with the host to check.
+        let unreachable = self.network.take().filter(|_| result.outcome.is_err());
+        let network = unreachable.is_some();
+        let redact = |m: &str| {
+            let m = self.setup.redactor.redact(m);
+            match &unreachable {
+                Some(u) => crate::network::describe(u, &m),
+                None => m,
+            }
+        };
         let (step, record) = match result.outcome {
             Ok(batch) => match self.commit(result.emitted, batch, result.kv, (requests, throttled))
             {
@@ -388,16 +507,17 @@ impl Runner {
                 failed("fatal", message, requests)
             }
         };
-        self.write_health(&record, rate_limited, throttled);
+        self.write_health(&record, rate_limited, throttled, network);
         self.record(record);
         Ok(step)
     }
 
     /// Adds a failed poll to the instance's health record (`connector-host status`). A
     /// failure to write it is worth a warning, not a failed poll.
-    fn write_health(&self, r: &PollRecord, rate_limited: bool, throttled: u64) {
+    fn write_health(&self, r: &PollRecord, rate_limited: bool, throttled: u64, network: bool) {
         let at = self.now_rfc3339();
         let code = match r.outcome {
+            _ if network => "network",
             "retry" if rate_limited => "throttled",
             "retry" => "transient",
             other => other,
@@ -484,18 +604,40 @@ impl Runner {
                 &health,
             )
             .map_err(|e| CommitError::Run(e.into()))?;
+        let now = self.setup.clock.now();
         if !events.is_empty() {
             tracing::info!(instance = %name, events = events.len(), first_seq = seqs.start(),
                 last_seq = seqs.end(), more = batch.more, "poll committed");
+            self.last_poll_line = Some(now);
+        } else if self
+            .last_poll_line
+            .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= QUIET_LOG_EVERY)
+            && !batch.more
+        {
+            tracing::info!(instance = %name, newest_event = newest_seen(&self.db(), &name).as_deref(),
+                "up to date: no new events");
+            self.last_poll_line = Some(now);
         } else {
             tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
         }
-        self.deliver().map_err(CommitError::Run)?;
+        self.deliver_or_record().map_err(CommitError::Run)?;
         if let Some(p) = self.progress.as_mut() {
             p.polled(events.len(), batch.more, newest.as_deref());
         }
         Ok((events.len(), batch.more, batch.wait_secs))
     }
+}
+
+/// How often a quiet instance (polls that find nothing) says at info that it is up to date.
+const QUIET_LOG_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// The newest event time in the instance's health record, for the "up to date" line.
+fn newest_seen(db: &StateDb, instance: &str) -> Option<String> {
+    db.health()
+        .ok()?
+        .into_iter()
+        .find(|r| r.instance == instance)?
+        .newest_event
 }
 
 enum CommitError {

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -65,7 +65,7 @@ pub struct LimitOverrides {
 }
 
 impl LimitOverrides {
-    fn apply(&self, mut limits: Limits) -> Limits {
+    pub(crate) fn apply(&self, mut limits: Limits) -> Limits {
         if let Some(mb) = self.memory_mb {
             limits.memory_bytes = mb << 20;
         }
@@ -91,6 +91,10 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// The HTTP transport of every instance (tests may substitute one).
     pub transport: Arc<dyn Transport>,
+    /// Raised with every reload (SIGHUP): the instances reopen their output files.
+    pub reopen: Arc<AtomicU64>,
+    /// Set once the instances directory was read and its instances started (`/readyz`).
+    pub loaded: Arc<AtomicBool>,
 }
 
 impl ServeOptions {
@@ -102,6 +106,8 @@ impl ServeOptions {
             rescan: Duration::from_secs(5),
             limits: Limits::default(),
             transport: Arc::new(NetworkTransport::default()),
+            reopen: Arc::new(AtomicU64::new(0)),
+            loaded: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -124,7 +130,7 @@ pub enum ServeError {
 
 /// Why an instance file could not become a running instance.
 #[derive(Debug, thiserror::Error)]
-enum StartError {
+pub(crate) enum StartError {
     #[error("{0}")]
     File(String),
     #[error(transparent)]
@@ -196,9 +202,15 @@ impl<'a> Server<'a> {
     /// running as they are until it can be read again.
     pub fn run(&mut self, shutdown: &AtomicBool, reload: &AtomicBool) -> Result<(), ServeError> {
         self.reconcile()?;
+        self.options.loaded.store(true, Ordering::Relaxed);
         let mut next_scan = Instant::now() + self.options.rescan;
         while !shutdown.load(Ordering::Relaxed) {
-            if reload.swap(false, Ordering::Relaxed) || Instant::now() >= next_scan {
+            let reloading = reload.swap(false, Ordering::Relaxed);
+            if reloading {
+                // SIGHUP also reopens every `--out` file (after a rotation).
+                self.options.reopen.fetch_add(1, Ordering::Relaxed);
+            }
+            if reloading || Instant::now() >= next_scan {
                 if let Err(e) = self.reconcile() {
                     tracing::warn!("{e}; the instances go on as they are");
                 }
@@ -234,6 +246,11 @@ impl<'a> Server<'a> {
         for name in gone {
             tracing::info!(instance = %name, "instance file removed: stopping the instance");
             self.stop(&name);
+            let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+            let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = crate::lifecycle::mark_removed(&db, &name, &at) {
+                tracing::warn!(instance = %name, "cannot record the removal: {e}");
+            }
         }
         for (name, (file, fingerprint)) in files {
             let current = self
@@ -330,7 +347,8 @@ impl<'a> Server<'a> {
         let component = self.component(&base.join(&spec.component))?;
         let secrets = match &spec.secrets {
             Some(path) => Secrets::from_file(&base.join(path))?,
-            None => Secrets::from_env(),
+            // Per instance: one secret in the environment must not serve every tenant.
+            None => Secrets::from_env_for(name),
         };
         let mut setup = RunSetup::new(
             component,
@@ -340,6 +358,9 @@ impl<'a> Server<'a> {
             self.state.clone(),
         );
         setup.transport = self.options.transport.clone();
+        setup.reopen = self.options.reopen.clone();
+        let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        setup.source = Some((source.display().to_string(), false));
         setup.limits = spec.limits.apply(self.options.limits.clone());
         let stop = setup.stop.clone();
         let out = match &self.options.out {
@@ -347,11 +368,18 @@ impl<'a> Server<'a> {
             None => PathBuf::from("-"),
         };
         let interval = spec.interval_secs.map(Duration::from_secs);
+        if interval == Some(Duration::ZERO) {
+            return Err(StartError::File(
+                "interval_secs 0 would poll Graph without pause; give at least 1 (or leave it \
+                 out for the connector's suggestion)"
+                    .into(),
+            ));
+        }
+        let state_path = self.options.state.display().to_string();
         let thread = std::thread::Builder::new()
             .name(format!("instance {name}"))
-            .spawn(move || serve_instance(setup, &out, interval))
+            .spawn(move || serve_instance(setup, &out, interval, &state_path))
             .map_err(|e| StartError::File(format!("cannot start a thread: {e}")))?;
-        tracing::info!(instance = %name, "instance started");
         Ok(Running { stop, thread })
     }
 
@@ -421,7 +449,10 @@ impl<'a> Server<'a> {
 /// One instance's life: start it, run it on its schedule until stopped; a failure of the
 /// host side (state file, output, instance creation) is retried after a pause. A config
 /// the component refuses waits for the file to change (the server restarts the instance).
-fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>) {
+///
+/// "instance started" is logged once the instance holds its state and its config was
+/// accepted, never before a refusal.
+fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>, state_path: &str) {
     let name = setup.instance.clone();
     let state = setup.state.clone();
     let stop = setup.stop.clone();
@@ -429,13 +460,21 @@ fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>) {
     let mut pause = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let result = Sink::open(out)
-            .map_err(RunError::from)
+            .map_err(|e| {
+                // A runner records its own delivery failures; this one came before it.
+                let message = format!("cannot open the output: {e}");
+                record_failure(&state, clock.as_ref(), &name, "delivery", &message);
+                RunError::from(e)
+            })
             .and_then(|sink| Runner::new(setup.clone(), sink))
             .and_then(|mut runner| {
                 let every = interval.unwrap_or_else(|| {
                     Duration::from_secs(runner.poll_interval_secs().max(1).into())
                 });
                 pause = every.min(Duration::from_secs(60));
+                tracing::info!(instance = %name, connector = runner.connector(),
+                    version = runner.version(), interval_secs = every.as_secs(),
+                    state = state_path, out = %out.display(), "instance started");
                 runner.run(false, every)
             });
         match result {
@@ -446,9 +485,27 @@ fn serve_instance(setup: RunSetup, out: &Path, interval: Option<Duration>) {
                 record_failure(&state, clock.as_ref(), &name, "config", &message);
                 return;
             }
+            Err(RunError::State(e @ StateError::Held { .. })) => {
+                // The holder's health record is its own: only the log says this one waits.
+                tracing::error!(instance = %name, "instance not started: {e}; trying again in {}s",
+                    pause.as_secs());
+                clock.sleep(pause, &stop);
+            }
             Err(e) => {
+                let code = match e {
+                    RunError::Sink(_) => "delivery",
+                    RunError::State(StateError::WrongConnector { .. }) | RunError::Lifecycle(_) => {
+                        "config"
+                    }
+                    _ => "host",
+                };
                 tracing::error!(instance = %name, "instance failed, restarting in {}s: {e}", pause.as_secs());
-                record_failure(&state, clock.as_ref(), &name, "host", &e.to_string());
+                if code != "delivery" {
+                    record_failure(&state, clock.as_ref(), &name, code, &e.to_string());
+                }
+                if code == "config" {
+                    return;
+                }
                 clock.sleep(pause, &stop);
             }
         }
@@ -480,7 +537,7 @@ fn record_failure(
     }
 }
 
-fn read_instance_file(path: &Path) -> Result<InstanceFile, StartError> {
+pub(crate) fn read_instance_file(path: &Path) -> Result<InstanceFile, StartError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| StartError::File(format!("cannot read it: {e}")))?;
     serde_json::from_str(&text).map_err(|e| {
@@ -493,7 +550,7 @@ fn read_instance_file(path: &Path) -> Result<InstanceFile, StartError> {
 
 /// The instance's name: the file's `name`, else its stem. Names become file names under
 /// `--out`, so they are kept to letters, digits, `.`, `_` and `-`.
-fn instance_name(path: &Path, bytes: &[u8]) -> Result<String, String> {
+pub(crate) fn instance_name(path: &Path, bytes: &[u8]) -> Result<String, String> {
     #[derive(Deserialize)]
     struct Named {
         name: Option<String>,

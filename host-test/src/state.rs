@@ -11,13 +11,51 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error(
+        "the directory of the state file {path} does not exist; create it (mkdir -p) or \
+         name a state file in an existing directory"
+    )]
+    NoDirectory { path: PathBuf },
+    #[error("the state file {path} is a directory; name a file in it, e.g. {path}/state.db")]
+    IsDirectory { path: PathBuf },
+    #[error(
+        "{path} is not a SQLite database (it begins with {start:?}); --state takes the \
+         connector's state database (created if missing), not a config or other file: check \
+         the path. The file was left as it is"
+    )]
+    NotSqlite { path: PathBuf, start: String },
+    #[error(
+        "{path} is a SQLite database of something else (it holds tables {tables}, not a \
+         connector state); name a new file for the state. The file was left as it is"
+    )]
+    Foreign { path: PathBuf, tables: String },
+    #[error(
+        "the state file {path} cannot be written ({cause}); run and serve commit every poll \
+         to it: make the file and its directory writable for this user, or name another file"
+    )]
+    ReadOnly { path: PathBuf, cause: String },
+    #[error(
+        "instance {instance:?} in {path} is held by process {pid} on host {host} since \
+         {since}; one process at a time runs an instance: stop that process, or give this \
+         one another instance name or state file"
+    )]
+    Held {
+        path: PathBuf,
+        instance: String,
+        pid: u32,
+        host: String,
+        since: String,
+    },
     #[error(
         "the state file {path} is not a usable SQLite database ({cause}); \
          restore it from a backup, or delete it to start the instance over (a full backfill)"
@@ -33,8 +71,9 @@ pub enum StateError {
     )]
     NewerSchema { path: PathBuf, found: i64 },
     #[error(
-        "instance {instance:?} in {path} belongs to connector {owner:?}, not {connector:?}; \
-         give this instance another name (--instance) or use another state file"
+        "instance {instance:?} in {path} was created by {owner}; the component is \
+         {connector}: use the {owner} component for it, or give this instance another \
+         name (--instance) or another state file"
     )]
     WrongConnector {
         path: PathBuf,
@@ -115,25 +154,32 @@ pub type KvWrites = BTreeMap<String, Option<String>>;
 
 impl StateDb {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let corrupt = |cause: rusqlite::Error| match cause.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                StateError::Busy {
-                    path: path.to_path_buf(),
-                }
-            }
-            _ => StateError::Corrupt {
+        let corrupt = corrupt_error(path);
+        let in_memory = path == Path::new(":memory:");
+        if !in_memory {
+            check_file(path, false)?;
+        }
+        let conn = Connection::open(path).map_err(&corrupt)?;
+        if !in_memory && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StateError::ReadOnly {
                 path: path.to_path_buf(),
-                cause: cause.to_string(),
-            },
-        };
-        let conn = Connection::open(path).map_err(corrupt)?;
+                cause: "the file is read-only".into(),
+            });
+        }
         conn.busy_timeout(std::time::Duration::from_secs(BUSY_TIMEOUT_SECS))
-            .map_err(corrupt)?;
+            .map_err(&corrupt)?;
+        // A SQLite database of another program is refused before anything is written.
+        if !in_memory {
+            refuse_foreign(&conn, path).map_err(|e| match e {
+                StateError::Sql { cause, .. } => corrupt(cause),
+                other => other,
+            })?;
+        }
         // The first statement that reads the file tells whether it is a database at all.
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(corrupt)?;
+            .map_err(&corrupt)?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(corrupt)?;
+            .map_err(&corrupt)?;
         let db = StateDb {
             conn,
             path: path.to_path_buf(),
@@ -144,6 +190,47 @@ impl StateDb {
         })?;
         db.add_degraded_column().map_err(|e| db.sql(e))?;
         Ok(db)
+    }
+
+    /// Opens an existing state file for reading only (`status`): nothing is written to
+    /// it, so an empty or foreign file stays as it was and a read-only one can be read.
+    pub fn open_for_reading(path: &Path) -> Result<Self, StateError> {
+        let corrupt = corrupt_error(path);
+        check_file(path, true)?;
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(&corrupt)?;
+        conn.busy_timeout(std::time::Duration::from_secs(BUSY_TIMEOUT_SECS))
+            .map_err(&corrupt)?;
+        refuse_foreign(&conn, path).map_err(|e| match e {
+            StateError::Sql { cause, .. } => corrupt(cause),
+            other => other,
+        })?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(&corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        Ok(StateDb {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The connection, for the modules that keep their own tables in the state file
+    /// (instance holders).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     pub fn path(&self) -> &Path {
@@ -172,6 +259,14 @@ impl StateDb {
             // Nothing to write: a reader such as `status` takes no lock beside a writer.
             return Ok(());
         }
+        if version < 3 {
+            self.migrate_to_3(version)?;
+        }
+        self.migrate_to_4_ops()
+    }
+
+    /// Schema 3: instances, KV, outbox and health.
+    fn migrate_to_3(&self, version: i64) -> Result<(), StateError> {
         // Schema 2 had no error code; 1 had no health table (created below, with it).
         let add_code = if version == 2 {
             "ALTER TABLE health ADD COLUMN last_error_code TEXT;"
@@ -215,7 +310,7 @@ impl StateDb {
                      last_error_code TEXT
                  );
                  {add_code}
-                 PRAGMA user_version = {SCHEMA_VERSION};
+                 PRAGMA user_version = 3;
                  COMMIT;",
             ))
             .map_err(|e| self.sql(e))
@@ -235,6 +330,58 @@ impl StateDb {
                 .execute_batch("ALTER TABLE health ADD COLUMN degraded TEXT;")?;
         }
         Ok(())
+    }
+
+    /// Schema 4, the operations tables: `holders`, the process that runs each instance
+    /// now (one at a time, see [`crate::holder`]), with its next poll; `origins`, what
+    /// each instance was created from (a `run` config file, a `serve` instance file) and
+    /// when its `serve` instance file was removed.
+    fn migrate_to_4_ops(&self) -> Result<(), StateError> {
+        self.conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS holders (
+                     instance TEXT PRIMARY KEY,
+                     pid INTEGER NOT NULL,
+                     host TEXT NOT NULL,
+                     since TEXT NOT NULL,
+                     process TEXT NOT NULL,
+                     next_poll TEXT
+                 );
+                 CREATE TABLE IF NOT EXISTS origins (
+                     instance TEXT PRIMARY KEY,
+                     source TEXT,
+                     removed TEXT
+                 );
+                 PRAGMA user_version = 4;
+                 COMMIT;",
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Refuses a name that belongs to another connector (a component swapped under an
+    /// instance); writes nothing.
+    pub fn check_owner(&self, instance: &str, connector: &str) -> Result<(), StateError> {
+        match self.owner(instance)? {
+            Some(owner) if owner != connector => Err(StateError::WrongConnector {
+                path: self.path.clone(),
+                instance: instance.into(),
+                owner,
+                connector: connector.into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn owner(&self, instance: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT connector FROM instances WHERE name = ?1",
+                [instance],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
     }
 
     /// Registers the instance on first use; refuses a name that belongs to another connector.
@@ -459,6 +606,105 @@ impl StateDb {
     }
 }
 
+/// Maps an error of opening or first reading the file to its cause.
+fn corrupt_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |cause: rusqlite::Error| match cause.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StateError::Busy {
+                path: path.to_path_buf(),
+            }
+        }
+        Some(
+            rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied,
+        ) => StateError::ReadOnly {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        },
+        _ => StateError::Corrupt {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        },
+    }
+}
+
+/// Checks what is at `path` before SQLite opens (and possibly creates) it: a missing
+/// directory, a directory, or a file that is not SQLite each get their own message, and
+/// a file that is not a state file is never touched. `existing`: the file must exist and
+/// hold a database (a reader).
+fn check_file(path: &Path, existing: bool) -> Result<(), StateError> {
+    let path_buf = || path.to_path_buf();
+    let dir = match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
+    if !dir.is_dir() {
+        return Err(StateError::NoDirectory { path: path_buf() });
+    }
+    if path.is_dir() {
+        return Err(StateError::IsDirectory { path: path_buf() });
+    }
+    let mut start = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut f) => std::io::Read::read(&mut f, &mut start).unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if existing {
+                return Err(StateError::Sql {
+                    path: path_buf(),
+                    cause: rusqlite::Error::InvalidPath(path_buf()),
+                });
+            }
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(StateError::ReadOnly {
+                path: path_buf(),
+                cause: e.to_string(),
+            });
+        }
+    };
+    if read == 0 {
+        // SQLite makes an empty file a new database (a writer is about to, or it is a
+        // file for a state not written yet): a reader sees no instances in it.
+        return Ok(());
+    }
+    if read < start.len() || &start != SQLITE_HEADER {
+        let text: String = String::from_utf8_lossy(&start[..read])
+            .chars()
+            .map(|c| if c.is_control() { '.' } else { c })
+            .collect();
+        return Err(StateError::NotSqlite {
+            path: path_buf(),
+            start: text,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a SQLite database that holds tables but none of a state file (another
+/// program's database, passed by mistake).
+fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let sql = sql_error(path);
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(&sql)?;
+    if tables.is_empty() || tables.iter().any(|t| t == "instances") {
+        return Ok(());
+    }
+    Err(StateError::Foreign {
+        path: path.to_path_buf(),
+        tables: tables
+            .iter()
+            .take(5)
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 /// A transaction that takes the write lock at once. A deferred one that reads first could
 /// not wait for another process's writer when it comes to write: SQLite answers "database
 /// is locked" at once instead of applying the busy timeout.
@@ -557,7 +803,11 @@ mod tests {
         assert_eq!(db.undelivered("a").unwrap(), vec![(2, "2:1".to_string())]);
         assert_eq!(db.seqs("a").unwrap(), (2, 1));
         let err = db.ensure_instance("a", "entra").unwrap_err();
-        assert!(err.to_string().contains("belongs to connector"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("was created by defender-alerts; the component is entra"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -569,9 +819,19 @@ mod tests {
             b"this is not sqlite, just some text that is long enough",
         )
         .unwrap();
-        let err = StateDb::open(&path).err().expect("refused");
+        let err = StateDb::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("is not a SQLite database"), "{err}");
         assert!(
-            err.to_string().contains("not a usable SQLite database"),
+            !err.contains("delete"),
+            "never advise deleting another file: {err}"
+        );
+        // A SQLite file whose pages are damaged is a state file gone bad: restore or delete.
+        let mut bytes = SQLITE_HEADER.to_vec();
+        bytes.extend(vec![0xAB; 4096]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = StateDb::open(&path).err().expect("refused").to_string();
+        assert!(
+            err.contains("not a usable SQLite database") && err.contains("delete it"),
             "{err}"
         );
     }

@@ -109,6 +109,26 @@ fn a_corrupt_state_file_is_refused_with_the_remedy() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
+    // Not SQLite at all: no advice to delete what may be another file.
+    assert!(
+        err.contains("is not a SQLite database") && !err.contains("delete"),
+        "{err}"
+    );
+    // SQLite, damaged: a state file gone bad, to restore or start over.
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend(vec![0xAB; 4096]);
+    std::fs::write(&state, bytes).unwrap();
+    let out = run_host(&[
+        "run",
+        alerts_wasm().to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--once",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
         err.contains("not a usable SQLite database") && err.contains("delete it"),
         "{err}"

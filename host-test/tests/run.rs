@@ -320,21 +320,25 @@ fn status_shows_each_instance_with_its_health_and_the_broken_one_with_its_error(
             .map(String::from)
             .collect()
     };
+    // INSTANCE STATE CONNECTOR LAST-OK LAG EVENTS UNDELIV FAILS NEXT-POLL OWNER
     let healthy = row("tenant ");
-    assert_eq!(healthy[1], "defender-alerts");
-    assert_eq!(healthy[4], "20", "events: {table}");
-    assert!(
-        healthy[6].parse::<u64>().unwrap() > 0,
-        "throttled responses counted: {table}"
-    );
+    assert_eq!(healthy[1..3], ["stopped", "defender-alerts"], "{table}");
+    assert_eq!(healthy[6], "20", "events: {table}");
     assert_eq!(healthy[8], "0", "no failures: {table}");
     let failing = row("broken ");
-    assert_eq!(failing[2], "never", "{table}");
+    assert_eq!(failing[3], "never", "{table}");
     assert!(
         table.contains("invalid-secret") || table.contains("client secret is wrong"),
         "{table}"
     );
     assert_no_secrets("status", &out.stdout, &sim);
+    let json = run_host(&["status", "--state", &files.path("state.db"), "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        rows[1]["throttled"].as_u64().unwrap() > 0,
+        "throttled responses counted: {rows:?}"
+    );
+    assert_no_secrets("status --json", &json.stdout, &sim);
 }
 
 /// Runs `args` under a pseudo-terminal (util-linux `script`): what a user at a terminal sees.

@@ -47,13 +47,31 @@ fn status(state: &Path) -> String {
     text(&out.stdout)
 }
 
-/// The `status` line of one instance.
+/// Every instance of `status --json`.
+fn status_rows(state: &Path) -> Vec<serde_json::Value> {
+    let out = support::run_host(&["status", "--state", &state.display().to_string(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One instance of `status --json` as one line: its fields and `[code] error` in full.
 fn status_of(state: &Path, name: &str) -> String {
-    status(state)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
+    status_rows(state)
+        .into_iter()
+        .find(|r| r["instance"] == name)
+        .map(|r| {
+            let error = match (&r["last_error_code"], &r["last_error"]) {
+                (serde_json::Value::String(c), serde_json::Value::String(m)) => {
+                    format!("[{c}] {m}")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "{} {} {} failures={} {error}",
+                r["instance"], r["state"], r["connector"], r["failures"]
+            )
+        })
         .unwrap_or_default()
-        .to_string()
 }
 
 fn metrics(port: u16) -> String {
@@ -216,7 +234,7 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         &log,
         Duration::from_secs(20),
         || {
-            let s = status(&state);
+            let rows = status_rows(&state);
             [
                 "throttled",
                 "stalled",
@@ -228,10 +246,8 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
             ]
             .iter()
             .all(|n| {
-                s.lines().any(|l| {
-                    l.split_whitespace().next() == Some(n)
-                        && l.split_whitespace().nth(8).is_some_and(|f| f != "0")
-                })
+                rows.iter()
+                    .any(|r| r["instance"] == *n && r["failures"].as_u64().is_some_and(|f| f > 0))
             })
         },
     );
@@ -251,8 +267,8 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
         let line = status_of(&state, name);
         match says {
             None => assert!(
-                line.contains("defender-alerts") && line.ends_with(" 0"),
-                "{name} is healthy:\n{table}"
+                line.contains("\"running\" \"defender-alerts\" failures=0"),
+                "{name} is healthy: {line}\n{table}"
             ),
             Some(code) => assert!(
                 line.contains(&format!("[{code}]")),

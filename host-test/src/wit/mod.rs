@@ -134,6 +134,14 @@ impl ConnectorPre {
         }
     }
 
+    /// The component's `InstancePre`, whatever its version (its type names its imports).
+    pub fn instance_pre(&self) -> &InstancePre<HostState> {
+        match self {
+            ConnectorPre::V0_1(pre) => pre.instance_pre(),
+            ConnectorPre::V0_2(pre) => pre.instance_pre(),
+        }
+    }
+
     pub fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Connector> {
         Ok(match self {
             ConnectorPre::V0_1(pre) => Connector::V0_1(pre.instantiate(store)?),

@@ -1,0 +1,295 @@
+//! One process at a time per instance of a state file.
+//!
+//! Two processes polling one instance deliver its events twice (two `run`) or split them
+//! between their outputs (two `serve`). So a process claims an instance in the `holders`
+//! table before it delivers anything, and a second one is refused, naming the holder.
+//!
+//! A holder that crashed cannot release its claim; the claim is therefore tied to the
+//! process's identity (pid, host, and on Linux the boot and the process's start time, so a
+//! reused pid is not taken for the holder) and a claim whose process is gone is taken
+//! over. A holder on another host cannot be checked from here and always counts as alive.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::state::{StateDb, StateError};
+
+/// A process as the `holders` table records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    /// When it claimed the instance (RFC 3339).
+    pub since: String,
+    /// When it polls next (RFC 3339), once it has polled.
+    pub next_poll: Option<String>,
+    #[serde(skip)]
+    process: String,
+}
+
+impl Holder {
+    /// Whether the process still runs (always true for another host's process).
+    pub fn alive(&self) -> bool {
+        if self.host != host_name() {
+            return true;
+        }
+        process_alive(self.pid, &self.process)
+    }
+}
+
+/// This process's claim on an instance; dropping it releases the claim.
+pub struct Claim {
+    state: Arc<Mutex<StateDb>>,
+    instance: String,
+}
+
+impl Claim {
+    /// Claims `instance` for this process at `now` (RFC 3339), or names the live process
+    /// that holds it.
+    pub fn take(
+        state: &Arc<Mutex<StateDb>>,
+        instance: &str,
+        now: &str,
+    ) -> Result<Claim, StateError> {
+        let mut db = state.lock().unwrap_or_else(|p| p.into_inner());
+        let path = db.path().to_path_buf();
+        let sql = |cause| StateError::Sql {
+            path: path.clone(),
+            cause,
+        };
+        let tx = db
+            .conn_mut()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let current = tx
+            .query_row(
+                "SELECT pid, host, since, process, next_poll FROM holders WHERE instance = ?1",
+                [instance],
+                row_holder,
+            )
+            .optional()
+            .map_err(sql)?;
+        let me = (
+            std::process::id(),
+            host_name(),
+            process_identity(std::process::id()),
+        );
+        if let Some(h) = current
+            && (h.pid, &h.host, &h.process) != (me.0, &me.1, &me.2)
+            && h.alive()
+        {
+            return Err(StateError::Held {
+                path: path.clone(),
+                instance: instance.into(),
+                pid: h.pid,
+                host: h.host,
+                since: h.since,
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO holders (instance, pid, host, since, process, next_poll)
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+            params![instance, me.0, me.1, now, me.2],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(Claim {
+            state: state.clone(),
+            instance: instance.into(),
+        })
+    }
+
+    /// Records when this holder polls next (for `status`); a failure only costs the column.
+    pub fn set_next_poll(&self, at: &str) {
+        let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = db.conn().execute(
+            "UPDATE holders SET next_poll = ?2 WHERE instance = ?1 AND pid = ?3",
+            params![self.instance, at, std::process::id()],
+        );
+        if let Err(e) = result {
+            tracing::debug!(instance = %self.instance, "cannot record the next poll: {e}");
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = db.conn().execute(
+            "DELETE FROM holders WHERE instance = ?1 AND pid = ?2 AND host = ?3",
+            params![self.instance, std::process::id(), host_name()],
+        );
+        if let Err(e) = result {
+            // The next claim finds this process gone and takes over.
+            tracing::debug!(instance = %self.instance, "cannot release the claim: {e}");
+        }
+    }
+}
+
+fn row_holder(r: &rusqlite::Row) -> rusqlite::Result<Holder> {
+    Ok(Holder {
+        pid: r.get(0)?,
+        host: r.get(1)?,
+        since: r.get(2)?,
+        process: r.get(3)?,
+        next_poll: r.get(4)?,
+    })
+}
+
+/// The live holders of a state file's instances, by instance (a state file of schema 3
+/// has none).
+pub fn live_holders(
+    db: &StateDb,
+) -> Result<std::collections::BTreeMap<String, Holder>, StateError> {
+    let sql = |cause| StateError::Sql {
+        path: db.path().to_path_buf(),
+        cause,
+    };
+    if !has_table(db, "holders").map_err(sql)? {
+        return Ok(Default::default());
+    }
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT pid, host, since, process, next_poll, instance FROM holders")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(5)?, row_holder(r)?)))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(sql)?;
+    Ok(rows.into_iter().filter(|(_, h)| h.alive()).collect())
+}
+
+pub(crate) fn has_table(db: &StateDb, table: &str) -> rusqlite::Result<bool> {
+    db.conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+}
+
+/// This machine's name, as `hostname` prints it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What tells this run of process `pid` from a later process with the same pid: on
+/// Linux the boot ID and the process's start time; elsewhere nothing beyond the pid.
+fn process_identity(pid: u32) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    match start_time(pid) {
+        Some(start) => format!("{}:{start}", boot.trim()),
+        None => String::new(),
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks after boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+fn process_alive(pid: u32, identity: &str) -> bool {
+    if std::path::Path::new("/proc/self/stat").exists() {
+        return !identity.is_empty() && process_identity(pid) == identity
+            || identity.is_empty() && start_time(pid).is_some();
+    }
+    signal_zero(pid)
+}
+
+/// Whether a process with this pid exists (no /proc: macOS, the BSDs).
+#[cfg(unix)]
+fn signal_zero(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(not(unix))]
+fn signal_zero(_pid: u32) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(dir: &std::path::Path) -> Arc<Mutex<StateDb>> {
+        Arc::new(Mutex::new(StateDb::open(&dir.join("s.db")).unwrap()))
+    }
+
+    #[test]
+    fn a_live_holder_refuses_a_second_claim_and_a_dead_one_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = db(dir.path());
+        // A live process that is not this one: a child that sleeps.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let identity = process_identity(pid);
+        state
+            .lock()
+            .unwrap()
+            .conn()
+            .execute(
+                "INSERT INTO holders (instance, pid, host, since, process) VALUES ('a', ?1, ?2, '2026-12-01T03:00:00Z', ?3)",
+                params![pid, host_name(), identity],
+            )
+            .unwrap();
+        let err = Claim::take(&state, "a", "2026-12-01T04:00:00Z")
+            .err()
+            .expect("held");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("process {pid}"))
+                && message.contains("since 2026-12-01T03:00:00Z"),
+            "{message}"
+        );
+        assert_eq!(live_holders(&state.lock().unwrap()).unwrap().len(), 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The holder is gone: its claim no longer blocks.
+        assert!(live_holders(&state.lock().unwrap()).unwrap().is_empty());
+        let claim = Claim::take(&state, "a", "2026-12-01T04:00:00Z").expect("taken over");
+        let holders = live_holders(&state.lock().unwrap()).unwrap();
+        assert_eq!(holders["a"].pid, std::process::id());
+        // Claiming again from the same process (serve restarting an instance) is allowed.
+        drop(Claim::take(&state, "a", "2026-12-01T04:01:00Z").unwrap());
+        drop(claim);
+        assert!(
+            live_holders(&state.lock().unwrap()).unwrap().is_empty(),
+            "released on drop"
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = db(dir.path());
+        // This process's pid, but another start: the recorded holder is gone.
+        state
+            .lock()
+            .unwrap()
+            .conn()
+            .execute(
+                "INSERT INTO holders (instance, pid, host, since, process) VALUES ('a', ?1, ?2, 'then', 'another-boot:1')",
+                params![std::process::id(), host_name()],
+            )
+            .unwrap();
+        assert!(live_holders(&state.lock().unwrap()).unwrap().is_empty());
+    }
+}
