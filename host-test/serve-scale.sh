@@ -8,13 +8,19 @@
 #
 #   host-test/serve-scale.sh 10000            # release host, 32 workers
 #   WORKERS=64 host-test/serve-scale.sh 100000
+#   HOST=target/debug/connector-host host-test/serve-scale.sh 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-500}"
 workers="${WORKERS:-32}"
-cargo build --release -p connector-host 2>/dev/null
 target="${CARGO_TARGET_DIR:-target}"
-host="$target/release/connector-host"
+# HOST=<binary> measures that build instead (e.g. a debug host, for a quick look).
+if [ -n "${HOST:-}" ]; then
+  host="$HOST"
+else
+  cargo build --release -p connector-host 2>/dev/null
+  host="$target/release/connector-host"
+fi
 wasm="$(cd "$target" && pwd)/components/wasm32-wasip2/release/defender_alerts.wasm"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -43,7 +49,7 @@ mv "$work"/staged/*.json "$work/instances/" 2>/dev/null ||
 polled=0
 for _ in $(seq 1 3600); do
   polled=$( ("$host" status --state "$work/state.db" --json 2>/dev/null || echo '[]') |
-    grep -o '"last_error_code":"[a-z-]*"' | wc -l)
+    grep -oE '"last_error_code": ?"[a-z-]+"' | wc -l || true)
   [ "$polled" -ge "$n" ] && break
   sleep 1
 done
