@@ -16,7 +16,8 @@ pub const CLIENT_SECRET: &str = "client-secret";
 const EXPIRY_MARGIN_SECS: i64 = 300;
 const TIMEOUT_MS: u32 = 30_000;
 
-/// An access token. Kept in the component's memory only: never in KV, logs or events.
+/// An access token. Kept in the component's memory and the host's memory-only token cache:
+/// never in KV, logs or events.
 #[derive(Clone)]
 pub struct Token {
     value: String,
@@ -32,6 +33,21 @@ impl Token {
 
     pub fn is_fresh(&self, now: Timestamp) -> bool {
         now < self.expires_at.minus_secs(EXPIRY_MARGIN_SECS)
+    }
+
+    /// A token the host's token cache kept: its roles are read from it again.
+    pub fn from_cache(value: String, expires_at: Timestamp) -> Token {
+        let roles = roles_of(&value);
+        Token {
+            value,
+            expires_at,
+            roles,
+        }
+    }
+
+    /// Hands the token to the host's token cache, for the instances of later polls.
+    pub fn store(&self, p: &dyn Platform) {
+        p.token_store(&self.value, self.expires_at);
     }
 }
 

@@ -65,11 +65,23 @@ pub(crate) fn graph_request(url: &str, bearer: String, timeout_ms: u32) -> Reque
 }
 
 impl Instance {
-    /// A valid token, from memory while it is fresh.
+    /// A valid token: from memory while it is fresh, else from the host's token cache (an
+    /// earlier poll's instance stored it there), else a new one, which is stored there.
     pub(crate) fn token(&mut self, p: &dyn Platform) -> Result<&Token, AuthError> {
         let now = p.now();
         if !self.token.as_ref().is_some_and(|t| t.is_fresh(now)) {
-            self.token = Some(fetch_token(p, &self.config)?);
+            let cached = p
+                .token_cached()
+                .map(|(value, expires)| Token::from_cache(value, expires))
+                .filter(|t| t.is_fresh(now));
+            self.token = Some(match cached {
+                Some(t) => t,
+                None => {
+                    let t = fetch_token(p, &self.config)?;
+                    t.store(p);
+                    t
+                }
+            });
         }
         Ok(self.token.as_ref().expect("just set"))
     }
@@ -146,7 +158,9 @@ impl Instance {
                         Level::Info,
                         "Graph answered 401; getting a fresh token and trying once more",
                     );
+                    // The cached copy too, or the next try would take it from there.
                     self.token = None;
+                    p.token_forget();
                 }
                 Class::Unauthorized => {
                     return Err(Failure::Auth(format!(

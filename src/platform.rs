@@ -20,6 +20,12 @@ pub trait Platform {
     /// Blocks for a short while: `validate`, which has no later poll to wait for, uses it
     /// to keep a call budget between its probes.
     fn sleep_millis(&self, ms: u64);
+    /// The access token the host keeps for this instance (its value and expiry), if any:
+    /// a component instance lives for one poll, the token for an hour.
+    fn token_cached(&self) -> Option<(String, Timestamp)>;
+    fn token_store(&self, value: &str, expires_at: Timestamp);
+    /// Forgets the stored token (Graph refused it).
+    fn token_forget(&self);
 }
 
 /// The host imports of the component.
@@ -57,5 +63,20 @@ impl Platform for Wasi {
     fn sleep_millis(&self, ms: u64) {
         // wasi:clocks/monotonic-clock through std; the host sees a blocking poll.
         std::thread::sleep(std::time::Duration::from_millis(ms))
+    }
+    fn token_cached(&self) -> Option<(String, Timestamp)> {
+        crate::wit::secops::connector::token_cache::get()
+            .map(|t| (t.value, Timestamp::from_unix_secs(t.expires_at)))
+    }
+    fn token_store(&self, value: &str, expires_at: Timestamp) {
+        crate::wit::secops::connector::token_cache::set(
+            &crate::wit::secops::connector::token_cache::CachedToken {
+                value: value.into(),
+                expires_at: expires_at.unix_secs(),
+            },
+        )
+    }
+    fn token_forget(&self) {
+        crate::wit::secops::connector::token_cache::clear()
     }
 }

@@ -123,6 +123,7 @@ fn the_page_size_graph_allows_is_learned_once_and_kept() {
     assert_eq!(warned, 1, "logged once");
 
     // A restarted instance remembers it: no second 400.
+    p.restart();
     let mut again = instance(&p, "");
     p.respond_json(200, token_ok(ROLES));
     p.respond_json(200, page(vec![], Some(0), None));

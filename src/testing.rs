@@ -24,6 +24,8 @@ pub struct FakePlatform {
     secret: Option<String>,
     pub now: Cell<Timestamp>,
     pub logs: RefCell<Vec<(Level, String)>>,
+    /// What the host's token cache holds.
+    pub token_cache: RefCell<Option<(String, Timestamp)>>,
 }
 
 impl FakePlatform {
@@ -36,6 +38,7 @@ impl FakePlatform {
             secret: Some("s3cr3t~value".into()),
             now: Cell::new(Timestamp::parse("2026-11-20T12:00:00Z").unwrap()),
             logs: RefCell::default(),
+            token_cache: RefCell::default(),
         }
     }
 
@@ -95,6 +98,12 @@ impl FakePlatform {
         self.staged.borrow_mut().clear();
     }
 
+    /// What another process sees: the same KV, but an empty token cache (the host keeps
+    /// tokens in memory only).
+    pub fn restart(&self) {
+        *self.token_cache.borrow_mut() = None;
+    }
+
     pub fn unused_responses(&self) -> usize {
         self.responses.borrow().len()
     }
@@ -143,6 +152,19 @@ impl Platform for FakePlatform {
     }
     fn sleep_millis(&self, ms: u64) {
         self.now.set(self.now.get().plus_millis(ms as i64));
+    }
+    fn token_cached(&self) -> Option<(String, Timestamp)> {
+        // As the host: an expired token is not handed out.
+        self.token_cache
+            .borrow()
+            .clone()
+            .filter(|(_, expires)| self.now.get() < *expires)
+    }
+    fn token_store(&self, value: &str, expires_at: Timestamp) {
+        *self.token_cache.borrow_mut() = Some((value.into(), expires_at));
+    }
+    fn token_forget(&self) {
+        *self.token_cache.borrow_mut() = None;
     }
 }
 

@@ -123,6 +123,7 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
 
     // Another process resumes a window this one opened: once it is paged through, that
     // process polls one more window of its own (what changed meanwhile is in it).
+    p.restart();
     let mut other = instance(&p, "");
     p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
     p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
@@ -176,6 +177,7 @@ fn overlapping_windows_deliver_each_version_once() {
     );
 
     // A restart (new instance, same KV and cursor) still remembers what was delivered.
+    p.restart();
     let mut restarted = instance(&p, "");
     p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
     p.respond_json(200, page(vec![alert("a2", "2026-11-20T12:01:00Z")], None));
@@ -217,6 +219,49 @@ fn an_expired_token_is_refreshed_once() {
         Err(PollError::Auth(m)) => assert!(m.contains("401") && m.contains("still"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_new_instance_takes_the_token_from_the_host_cache_with_its_roles_and_a_401_clears_it() {
+    let p = FakePlatform::new();
+    let mut first = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![], None));
+    let cursor = poll(&mut first, &p, None).unwrap().cursor;
+    assert!(p.token_cache.borrow().is_some(), "the token was stored");
+
+    // The next poll's instance: no token request, and the roles come with the token.
+    let mut second = instance(&p, "");
+    p.respond_json(200, page(vec![], None));
+    poll(&mut second, &p, Some(&cursor)).unwrap();
+    assert_eq!(
+        p.requests().iter().filter(|r| r.method == "POST").count(),
+        1
+    );
+    assert_eq!(
+        second.token(&p).unwrap().roles,
+        ["SecurityAlert.Read.All"],
+        "roles read from the cached token"
+    );
+
+    // Graph refuses it: the cached copy goes too, and the new token replaces it.
+    let expires = p.token_cache.borrow().clone().unwrap().1;
+    *p.token_cache.borrow_mut() = Some(("refused.token.value".into(), expires));
+    let refused = "refused.token.value".to_string();
+    let mut third = instance(&p, "");
+    p.respond_json(
+        401,
+        json!({"error": {"code": "InvalidAuthenticationToken", "message": "x"}}),
+    );
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![], None));
+    poll(&mut third, &p, Some(&cursor)).unwrap();
+    assert_eq!(
+        p.requests().iter().filter(|r| r.method == "POST").count(),
+        2
+    );
+    let stored = p.token_cache.borrow().clone().unwrap().0;
+    assert_ne!(stored, refused, "the refused token is no longer cached");
 }
 
 #[test]

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use connector_host::bindings::secops::connector::http as host_http;
 use connector_host::clock::SystemClock;
-use connector_host::engine::{HostEngine, Limits, LoadedComponent};
+use connector_host::engine::{HostEngine, Limits, LoadedComponent, MemoryLayout};
 use connector_host::imports::http::AllowList;
+use connector_host::imports::token_cache::{TokenCache, TokenContext};
 use connector_host::imports::{Transport, Wiring};
 use connector_host::instance::Instance as HostInstance;
 use connector_host::redact::Redactor;
@@ -268,6 +269,11 @@ impl Platform for NativePlatform {
     fn sleep_millis(&self, _ms: u64) {
         // The native side of the benchmark never waits for a budget.
     }
+    fn token_cached(&self) -> Option<(String, Timestamp)> {
+        None // as a fresh process: the native side requests its token like the wasm one
+    }
+    fn token_store(&self, _: &str, _: Timestamp) {}
+    fn token_forget(&self) {}
 }
 
 fn native_poll<C: Connector>(page: &[u8], iterations: u32) -> (Duration, usize) {
@@ -327,6 +333,10 @@ fn wiring(instance: &str, page: &[u8], state: Arc<Mutex<StateDb>>, config: &str)
         redactor: Redactor::default(),
         memory_bytes: 512 << 20,
         seeded_random: true,
+        tokens: TokenContext {
+            cache: TokenCache::default(),
+            scope: 0,
+        },
     }
 }
 
@@ -416,6 +426,7 @@ fn end_to_end(component: &LoadedComponent) {
             seeded_random: true,
             source: None,
             reopen: Default::default(),
+            tokens: Default::default(),
         };
         let sink = Sink::open(&dir.join("out.jsonl")).unwrap();
         let mut runner = Runner::new(setup, sink).unwrap();
@@ -512,6 +523,10 @@ fn main() {
         println!("wasm poll of {n} alerts: {:.1} ms", t.as_secs_f64() * 1e3);
         return;
     }
+    if std::env::args().any(|a| a == "memory-layouts") {
+        memory_layouts();
+        return;
+    }
     let cache = std::env::temp_dir().join("connector-bench-cache");
     let engine = HostEngine::new(Some(cache)).unwrap();
     println!(
@@ -549,4 +564,63 @@ fn main() {
     );
     end_to_end(&alerts);
     cold_start_and_memory(&engine, &component_path("defender-alerts"));
+}
+
+/// The engine's memory layouts side by side (`-- memory-layouts`): what `serve` pays per
+/// poll (instantiate, configure, drop), for a 2,000-alert page, and in address space for
+/// 32 stores in flight (a full worker pool).
+fn memory_layouts() {
+    let page = alerts_page(2000);
+    for layout in [
+        MemoryLayout::Reserved,
+        MemoryLayout::Compact,
+        MemoryLayout::Pooling(32),
+    ] {
+        let cache = std::env::temp_dir().join("connector-bench-cache");
+        let engine = HostEngine::with_layout(Some(cache), layout).unwrap();
+        let alerts = engine.load(&component_path("defender-alerts")).unwrap();
+        let config = config(json!({}));
+        let limits = Limits::default();
+        let state = memory_db();
+        let instance = |n: usize| {
+            let mut i = HostInstance::new(
+                &alerts,
+                wiring(&format!("t{n}"), b"{}", state.clone(), &config),
+                &limits,
+            )?;
+            i.configure(&config)?.map_err(|e| anyhow_like(&e.message))?;
+            Ok::<_, wasmtime::Error>(i)
+        };
+        let started = Instant::now();
+        for n in 0..1000 {
+            drop(instance(n).unwrap());
+        }
+        let per_poll = started.elapsed().as_secs_f64() * 1e6 / 1000.0;
+        let vsz_before = status_kib("VmSize:");
+        let live: Vec<_> = (0..32).map(|n| instance(n).unwrap()).collect();
+        let vsz = status_kib("VmSize:").saturating_sub(vsz_before);
+        let beyond = instance(32).err().map(|e| format!("{e:#}"));
+        drop(live);
+        let _ = wasm_poll(&alerts, &page, json!({}), 2);
+        let (t, _) = wasm_poll(&alerts, &page, json!({}), 10);
+        println!(
+            "{layout:?}: instantiate + configure + drop {per_poll:.0} us; 2,000-alert poll \
+             {:.1} ms; 32 live stores: +{} MiB address space; a 33rd: {}",
+            t.as_secs_f64() * 1e3,
+            vsz / 1024,
+            beyond.unwrap_or_else(|| "ok".into())
+        );
+    }
+}
+
+fn anyhow_like(m: &str) -> wasmtime::Error {
+    wasmtime::Error::msg(m.to_string())
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }

@@ -169,6 +169,12 @@ enum Command {
         /// Seconds between reads of the instances directory.
         #[arg(long, default_value_t = 5)]
         rescan_secs: u64,
+        /// How many instances poll at once. Polls wait on Graph (100 ms up to the HTTP
+        /// timeout per call), blocked and using no CPU, so there are more workers than
+        /// cores; each poll in flight costs a thread and a component instance, so the
+        /// number is bounded whatever the number of instances.
+        #[arg(long, default_value_t = crate::serve::DEFAULT_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        workers: u32,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -386,7 +392,15 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         _ => {}
     }
     let cache = cli.cache_dir.or_else(HostEngine::default_cache_dir);
-    let engine = HostEngine::new(cache).map_err(|e| Failure::connector(format!("{e:#}")))?;
+    // `CONNECTOR_HOST_MEMORY_LAYOUT=reserved` runs on wasmtime's default layout (4 GiB per
+    // linear memory), for measurements and the test that pushes past an address-space
+    // limit; anything else is the compact layout (see `engine::MemoryLayout`).
+    let layout = match std::env::var("CONNECTOR_HOST_MEMORY_LAYOUT").as_deref() {
+        Ok("reserved") => crate::engine::MemoryLayout::Reserved,
+        _ => crate::engine::MemoryLayout::Compact,
+    };
+    let engine =
+        HostEngine::with_layout(cache, layout).map_err(|e| Failure::connector(format!("{e:#}")))?;
     let load = |path: &Path| engine.load(path).map_err(Failure::usage);
     match cli.command {
         Command::Describe { component } => {
@@ -508,6 +522,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             metrics,
             metrics_public,
             rescan_secs,
+            workers,
             limits,
             check,
             online,
@@ -519,6 +534,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let mut options = ServeOptions::new(instances, state);
             options.out = out;
             options.rescan = Duration::from_secs(rescan_secs.max(1));
+            options.workers = workers as usize;
             options.limits = (&limits).into();
             serve(&engine, options, metrics.map(|a| (a, metrics_public)))
         }

@@ -71,6 +71,33 @@ pub enum LoadError {
     },
 }
 
+/// How the engine lays out linear memories: what each store in flight costs in address
+/// space, and what a poll costs in bounds checks. Measured in `BENCHMARKS.md` (`cargo bench
+/// -p connector-host -- memory-layouts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLayout {
+    /// wasmtime's default on 64-bit hosts: a 4 GiB reservation and a 32 MiB guard per
+    /// linear memory, so compiled code needs no bounds checks. Each store in flight
+    /// reserves over 4 GiB of address space: the reservations that aborted `serve` at
+    /// 6,800 instances (issue 18), and a poll that a `ulimit -v` refuses.
+    Reserved,
+    /// What `serve` and `run` use: no up-front reservation, a 64 KiB guard and room for
+    /// 16 MiB of growth; compiled code checks bounds explicitly. A store reserves about
+    /// what its memory uses, so polls in flight fit any address-space limit that fits their
+    /// memory, and a memory that cannot be mapped fails that one poll (health code `host`).
+    /// The bounds checks did not show against the machine's noise (a 2,000-alert poll:
+    /// 44 ms compact, 48 ms reserved), and a poll waits far longer on Graph. 32 stores
+    /// in flight: +550 MiB of address space, against +130 GiB reserved.
+    Compact,
+    /// The pooling allocator with this many slots (the worker pool's size): memories and
+    /// instances are reserved once at start and reused; a poll beyond the slots fails to
+    /// instantiate (cleanly: "maximum concurrent limit of 32 … reached"). Measured, not
+    /// used: no faster here (841 against 880 us per instantiate, 43 against 44 ms per
+    /// poll), its reservation (slots x 4 GiB) is taken at start, and every limit (the
+    /// largest `memory_mb` of any instance file) must be known when the engine is made.
+    Pooling(u32),
+}
+
 /// The engine, a linker per WIT version and a ticker thread that drives execution
 /// deadlines.
 pub struct HostEngine {
@@ -98,9 +125,30 @@ impl LoadedComponent {
 impl HostEngine {
     /// `cache_dir`: where compiled components are kept; `None` compiles every time.
     pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+        Self::with_layout(cache_dir, MemoryLayout::Compact)
+    }
+
+    pub fn with_layout(cache_dir: Option<PathBuf>, layout: MemoryLayout) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        match layout {
+            MemoryLayout::Reserved => {}
+            MemoryLayout::Compact => {
+                config.memory_reservation(0);
+                config.memory_guard_size(64 << 10);
+                config.memory_reservation_for_growth(16 << 20);
+            }
+            MemoryLayout::Pooling(slots) => {
+                let mut pool = wasmtime::PoolingAllocationConfig::new();
+                pool.total_component_instances(slots)
+                    .total_core_instances(slots * 8)
+                    .total_memories(slots * 2)
+                    .total_tables(slots * 8)
+                    .max_memory_size(Limits::default().memory_bytes);
+                config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+            }
+        }
         #[cfg(feature = "profiling")]
         if std::env::var_os("CONNECTOR_HOST_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);

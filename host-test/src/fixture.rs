@@ -352,6 +352,9 @@ pub fn replay(
             seeded_random: true,
             source: None,
             reopen: Default::default(),
+            // A step is a run of its own process, as when it was recorded: no token from
+            // an earlier step.
+            tokens: Default::default(),
         };
         let (outcome, polls) = match step.action {
             Action::Poll => {

@@ -31,6 +31,7 @@ pub mod progress;
 pub mod record;
 pub mod redact;
 pub mod runner;
+pub mod scheduler;
 pub mod secrets;
 pub mod serve;
 pub mod sink;

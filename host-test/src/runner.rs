@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{Limits, LoadedComponent};
 use crate::holder::Claim;
 use crate::imports::http::NetworkTransport;
+use crate::imports::token_cache::{self, TokenCache, TokenContext};
 use crate::imports::{AllowList, Transport, Wiring};
 use crate::instance::{Instance, InstanceError};
 use crate::lifecycle::LifecycleError;
@@ -87,6 +88,8 @@ pub struct RunSetup {
     /// Raised (incremented) to make the runner reopen its `--out` file: SIGHUP, after
     /// the file was rotated away.
     pub reopen: Arc<AtomicU64>,
+    /// The access tokens the instance's components store between polls (memory only).
+    pub tokens: TokenCache,
 }
 
 impl RunSetup {
@@ -115,6 +118,7 @@ impl RunSetup {
             seeded_random: false,
             source: None,
             reopen: Arc::new(AtomicU64::new(0)),
+            tokens: TokenCache::default(),
         }
     }
 
@@ -131,6 +135,10 @@ impl RunSetup {
             redactor: self.redactor.clone(),
             memory_bytes: self.limits.memory_bytes,
             seeded_random: self.seeded_random,
+            tokens: TokenContext {
+                cache: self.tokens.clone(),
+                scope: token_cache::scope(&self.config, &self.secrets),
+            },
         }
     }
 
@@ -215,6 +223,12 @@ pub struct Runner {
     poll_interval_secs: u32,
     routing: Vec<String>,
     sink: Sink,
+    /// The component instance, kept only while polls follow each other at once (a
+    /// backfill's pages) or to the end of `run --once`: a wait in `run` and the end of a
+    /// turn in `serve` drop it, so an idle instance holds no store or linear
+    /// memory. (The connector keeps which windows it opened in memory: a fresh instance
+    /// per page would take each of its own windows for one resumed from an earlier
+    /// process.) The token outlives it in the host's token cache.
     instance: Option<Instance>,
     /// Polls made, when recording (fixture replay).
     pub records: Option<Vec<PollRecord>>,
@@ -368,45 +382,70 @@ impl Runner {
     /// waiting `interval` between rounds.
     pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
         while !self.setup.stop.load(Ordering::Relaxed) {
-            let step = self.poll_once()?;
-            // Waits the API asked for (Retry-After, backoff, a spent budget), not the schedule.
-            let told_to_wait = matches!(
-                step,
-                Step::Retry { .. }
-                    | Step::Committed {
-                        more: true,
-                        wait: Some(_)
-                    }
-            );
-            let wait = match step {
-                Step::Committed { more: true, wait } => secs(wait.unwrap_or(0)),
-                Step::Committed { more: false, .. } if once => return Ok(()),
-                Step::Committed { more: false, wait } => interval.max(secs(wait.unwrap_or(0))),
-                Step::Retry { after } => secs(after),
-                Step::Failed { message } if once => {
-                    return Err(RunError::Connector {
-                        instance: self.setup.instance.clone(),
-                        message,
-                    });
-                }
-                Step::Failed { .. } => interval,
+            let Some(wait) = self.poll_round(once, interval)? else {
+                return Ok(());
             };
-            if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
-                r.wait_secs = wait.as_secs();
-            }
-            if told_to_wait {
-                let _ = self.db().add_wait(&self.setup.instance, wait.as_secs());
-            }
-            if let Some(claim) = &self.claim {
-                let next = self.setup.clock.now() + wait;
-                claim.set_next_poll(&humantime::format_rfc3339_seconds(next).to_string());
-            }
             if !wait.is_zero() {
                 self.setup.clock.sleep(wait, &self.setup.stop);
             }
         }
         tracing::info!(instance = %self.setup.instance, "stopped");
         Ok(())
+    }
+
+    /// One poll and what it says about the next: the wait before it, or `None` when
+    /// `once` and the component has no `more`. `run` sleeps through the wait; `serve`'s
+    /// scheduler puts the instance back in its queue for that long.
+    pub fn poll_round(
+        &mut self,
+        once: bool,
+        interval: Duration,
+    ) -> Result<Option<Duration>, RunError> {
+        let step = self.poll_once()?;
+        // Waits the API asked for (Retry-After, backoff, a spent budget), not the schedule.
+        let told_to_wait = matches!(
+            step,
+            Step::Retry { .. }
+                | Step::Committed {
+                    more: true,
+                    wait: Some(_)
+                }
+        );
+        let wait = match step {
+            Step::Committed { more: true, wait } => secs(wait.unwrap_or(0)),
+            Step::Committed { more: false, .. } if once => return Ok(None),
+            Step::Committed { more: false, wait } => interval.max(secs(wait.unwrap_or(0))),
+            Step::Retry { after } => secs(after),
+            Step::Failed { message } if once => {
+                return Err(RunError::Connector {
+                    instance: self.setup.instance.clone(),
+                    message,
+                });
+            }
+            Step::Failed { .. } => interval,
+        };
+        if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
+            r.wait_secs = wait.as_secs();
+        }
+        // `run --once` keeps its instance to the end of its catch-up, waits included: the
+        // windows it opened are its own (see `instance`). Otherwise a wait drops it.
+        if !once && !wait.is_zero() {
+            self.release_instance();
+        }
+        if told_to_wait {
+            let _ = self.db().add_wait(&self.setup.instance, wait.as_secs());
+        }
+        if let Some(claim) = &self.claim {
+            let next = self.setup.clock.now() + wait;
+            claim.set_next_poll(&humantime::format_rfc3339_seconds(next).to_string());
+        }
+        Ok(Some(wait))
+    }
+
+    /// Drops the component instance (its store and linear memory); the next poll makes a
+    /// fresh one. `serve` calls it at the end of each turn.
+    pub fn release_instance(&mut self) {
+        self.instance = None;
     }
 
     fn record(&mut self, record: PollRecord) {

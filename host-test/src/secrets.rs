@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::redact::Redactor;
 
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Hash)]
 pub struct Secrets(BTreeMap<String, String>);
 
 #[derive(Debug, thiserror::Error)]

@@ -432,3 +432,52 @@ fn processes_sharing_a_state_file_wait_for_each_other_instead_of_failing() {
         assert_exactly_once(Path::new(&tenant.path("out.jsonl")), sim);
     }
 }
+
+#[test]
+fn polls_on_fresh_component_instances_share_one_token_that_no_file_holds() {
+    // Each poll after a wait runs on a component instance of its own (the one before was
+    // dropped with its memory); the token of the first reaches the others through the
+    // host's token cache.
+    let sim = GraphSim::start(Behaviour::default());
+    sim.add_alerts("a", 3, Duration::from_secs(3600));
+    let files = Tenant::new(&sim);
+    let args = files.run_args("defender-alerts", false, &["--interval", "1"]);
+    let child = support::host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if sim.with_counters(|c| c.graph_requests) >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (polls, tokens) = sim.with_counters(|c| (c.graph_requests, c.token_requests));
+    assert!(polls >= 3, "{polls} polls:\n{stderr}");
+    assert_eq!(tokens, 1, "token requests for {polls} polls");
+    assert_exactly_once(Path::new(&files.path("out.jsonl")), &sim);
+
+    let mut every_file = vec![];
+    for entry in std::fs::read_dir(files.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "secrets.json") {
+            continue; // the secret's own file, written by the test
+        }
+        every_file.extend(std::fs::read(&path).unwrap());
+    }
+    for (what, bytes) in [
+        ("stderr", output.stderr),
+        ("stdout", output.stdout),
+        ("the files of the run", every_file),
+    ] {
+        assert_no_secrets(what, &bytes, &sim);
+    }
+}

@@ -348,3 +348,79 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     }
     assert_no_secrets("the metrics", m.as_bytes(), &alpha);
 }
+
+#[test]
+fn polls_that_exceed_the_address_space_fail_with_host_and_serve_lives_on() {
+    // Under `ulimit -v` 3 GiB, no store with wasmtime's 4 GiB reservation per linear
+    // memory can be made: every poll of six instances on two workers fails. The process
+    // must not abort (issue 18: it did at 6,800 instances); each instance reports `host`
+    // and is tried again; SIGTERM still ends it cleanly.
+    let sim = GraphSim::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances");
+    std::fs::create_dir_all(instances.join("secrets")).unwrap();
+    write_json(
+        &instances.join("secrets/ok.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    for n in 0..6 {
+        instance(&instances, &format!("t{n}"), &sim, "ok", 1);
+    }
+    let state = dir.path().join("state.db");
+    let log = dir.path().join("serve.log");
+    let command = format!(
+        "ulimit -v 3145728 && exec {} serve --instances {} --state {} --out {} --workers 2 \
+         --rescan-secs 1",
+        env!("CARGO_BIN_EXE_connector-host"),
+        instances.display(),
+        state.display(),
+        dir.path().join("out").display()
+    );
+    let child = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .env("CONNECTOR_HOST_CACHE", support::cache_dir())
+        .env("CONNECTOR_HOST_MEMORY_LAYOUT", "reserved")
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed if the test fails before its SIGTERM.
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(child);
+    wait_until(
+        "every instance to fail twice with `host`",
+        &log,
+        Duration::from_secs(120),
+        || {
+            let out =
+                support::run_host(&["status", "--state", &state.display().to_string(), "--json"]);
+            // Before serve created the state file, `status` finds none.
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            rows.len() == 6
+                && rows.iter().all(|r| {
+                    r["last_error_code"] == "host" && r["failures"].as_u64().unwrap_or(0) >= 2
+                })
+        },
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "serve is still running"
+    );
+    let row = status_of(&state, "t0");
+    assert!(row.contains("[host]"), "the failure is the host's: {row}");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("panicked") && !log.contains("abort"), "{log}");
+}

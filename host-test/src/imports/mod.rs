@@ -6,6 +6,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod secrets;
+pub mod token_cache;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ pub struct HostState {
     pub host_time: Duration,
     /// When the current export call started.
     pub call_started: Instant,
+    /// The instance's entry in the process's token cache.
+    pub tokens: token_cache::TokenContext,
+    /// The host's time (virtual in fixture replay): the token cache's expiry.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The memory cap of an instance. Growing past it traps (rather than failing the
@@ -86,6 +91,7 @@ pub struct Wiring {
     pub memory_bytes: usize,
     /// Seeded randomness (fixture replay: the same backoff jitter on every run).
     pub seeded_random: bool,
+    pub tokens: token_cache::TokenContext,
 }
 
 impl HostState {
@@ -97,6 +103,7 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .wall_clock(WasiWallClock(w.clock.clone()));
+        let clock = w.clock.clone();
         if w.seeded_random {
             use rand::SeedableRng;
             wasi.secure_random(rand::rngs::StdRng::seed_from_u64(1))
@@ -126,6 +133,8 @@ impl HostState {
             redactor: w.redactor,
             host_time: Duration::ZERO,
             call_started: Instant::now(),
+            tokens: w.tokens,
+            clock,
         }
     }
 }

@@ -210,6 +210,8 @@ pub fn record(base: &RunSetup, options: &RecordOptions) -> Result<RecordReport, 
         setup.clock = Arc::new(RecordingClock(clock.clone()));
         // As in the replay: the same backoff jitter, the same hash orders.
         setup.seeded_random = true;
+        // Each step is a process of its own in the replay: no token from the step before.
+        setup.tokens = Default::default();
         let outcome = match action {
             Action::Validate => setup.validate()?,
             Action::Poll => {
