@@ -68,6 +68,12 @@ impl Dedup {
     }
 }
 
+/// A 32-bit hash of an id, for counting distinct ids in a cursor.
+pub fn short_hash(id: &str) -> u32 {
+    let h = fnv1a(&[id]);
+    (h ^ (h >> 32)) as u32
+}
+
 fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {

@@ -571,3 +571,45 @@ fn validate_probes_with_the_polls_shape_learns_the_page_size_and_accepts_the_fal
     let e = i.validate(&p).unwrap_err();
     assert_eq!(e.code, crate::types::ValidationCode::ApiUnavailable);
 }
+
+#[test]
+fn a_part_whose_pages_repeat_a_record_and_skip_another_is_read_again() {
+    // The list changed while it was paged: one record moved up a page (read twice),
+    // another was skipped. Three records read, as Graph counted, but only two distinct.
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(ROLES));
+    p.respond_json(
+        200,
+        page(
+            vec![
+                incident(1, "2026-11-20T11:00:00Z"),
+                incident(2, "2026-11-20T10:00:00Z"),
+            ],
+            Some(3),
+            Some("https://graph.microsoft.com/v1.0/security/incidents?$skip=2"),
+        ),
+    );
+    p.respond_json(
+        200,
+        page(vec![incident(2, "2026-11-20T10:00:00Z")], Some(3), None),
+    );
+    let first = poll(&mut i, &p, None).unwrap();
+    let second = poll(&mut i, &p, Some(&first.cursor)).unwrap();
+    assert!(second.more, "read again, not done");
+    assert!(
+        p.logs
+            .borrow()
+            .iter()
+            .any(|(_, m)| m.contains("read 2 of the 3")),
+        "{:?}",
+        p.logs.borrow()
+    );
+    let c = Cursor::decode(&second.cursor, "reality").unwrap();
+    let s = &c.streams["incidents"];
+    assert_eq!(
+        s.from, "2026-11-19T12:00:00.000000000Z",
+        "the watermark holds"
+    );
+    assert!(s.seen.is_empty() && s.next.is_none());
+}

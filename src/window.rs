@@ -15,7 +15,7 @@
 use crate::client::Failure;
 use crate::connector::Query;
 use crate::cursor::Stream;
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, short_hash};
 use crate::graph::{check_next_link, read_page, top_limit, window_url};
 use crate::health::{EXPAND_TRIES, TypeHealth};
 use crate::platform::Platform;
@@ -139,6 +139,7 @@ impl Instance {
                     s.next = None;
                     s.read = 0;
                     s.count = None;
+                    s.seen.clear();
                     *stream = s;
                     return Ok(Read { events: Vec::new() });
                 }
@@ -221,6 +222,12 @@ impl Instance {
                 skipped += 1;
                 continue;
             };
+            if s.count.is_some() {
+                let h = short_hash(&id);
+                if let Err(at) = s.seen.binary_search(&h) {
+                    s.seen.insert(at, h);
+                }
+            }
             if window_time < from.floor_secs() {
                 // Older than the watermark: delivered before (and maybe forgotten by
                 // dedup), or before the backfill. Graph should not send it; a server
@@ -290,7 +297,7 @@ impl Instance {
                 }
             }
             None => match s.count {
-                Some(count) if s.read < count && span > 1 => {
+                Some(count) if (s.seen.len() as u64) < count && span > 1 => {
                     // Graph said the part holds more than it served: pages were clamped,
                     // a deep page came back empty, or records moved while it was paged.
                     p.log(
@@ -299,7 +306,7 @@ impl Instance {
                             "{}: read {} of the {count} records Graph counted from {} to {}; \
                              reading them again in smaller parts",
                             t.name,
-                            s.read,
+                            s.seen.len(),
                             from.to_filter(),
                             to.to_filter()
                         ),
@@ -307,14 +314,14 @@ impl Instance {
                     narrow(&mut s, from, end, span / 2);
                 }
                 count => {
-                    if let Some(count) = count.filter(|&c| s.read < c) {
+                    if let Some(count) = count.filter(|&c| (s.seen.len() as u64) < c) {
                         p.log(
                             Level::Warn,
                             &format!(
                                 "{}: read {} of the {count} records Graph counted in the single \
                                  second {}; it cannot be split further",
                                 t.name,
-                                s.read,
+                                s.seen.len(),
                                 from.to_filter()
                             ),
                         );
@@ -352,6 +359,7 @@ fn narrow(s: &mut Stream, from: Timestamp, end: Timestamp, span: i64) {
     s.next = None;
     s.read = 0;
     s.count = None;
+    s.seen.clear();
 }
 
 /// After a part `[from, to]` was read whole: the next part, or the next window.

@@ -9,8 +9,9 @@ use secops_connector::{Connector, DataType, Options, Query, json, register_conne
 
 // Graph refuses $top above 50 with a 400 ("The limit of '50' for Top query has been
 // exceeded", observed by Wazuh; Elastic and XSOAR also use 50). Windows are split to hold at
-// most 500 incidents: at most 10 pages, $skip <= 450, within the only $skip depth Microsoft
-// documents for the security lists; a part Graph serves short is caught by its $count.
+// most 50 incidents, one page: no $skip paging at all, which can skip a record unseen when
+// an incident is updated (and leaves the window) while a late one arrives further down.
+// A part Graph serves short is caught by its $count.
 const INCIDENTS: DataType = DataType::new(
     "incidents",
     "defender.incident",
@@ -23,7 +24,7 @@ const INCIDENTS: DataType = DataType::new(
     50,
 )
 .versioned_by("lastUpdateDateTime")
-.counted(500)
+.counted(50)
 .late_by(15 * 60)
 .throttled_as(&families::INCIDENTS);
 
