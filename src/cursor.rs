@@ -45,7 +45,8 @@ pub struct Stream {
     /// Records read in the part so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub read: u64,
-    /// Short hashes of the distinct ids read in a counted part, sorted: pages of a list
+    /// Short hashes of the distinct records (id and version) read in a counted part,
+    /// sorted: pages of a list
     /// that changes while it is paged repeat records, so the raw count of records read
     /// could reach Graph's count while one was skipped. (A collision only undercounts, and
     /// so only reads the part again.)

@@ -68,9 +68,9 @@ impl Dedup {
     }
 }
 
-/// A 32-bit hash of an id, for counting distinct ids in a cursor.
-pub fn short_hash(id: &str) -> u32 {
-    let h = fnv1a(&[id]);
+/// A 32-bit hash of a record's id and version, for counting distinct records in a cursor.
+pub fn short_hash(id: &str, version: &str) -> u32 {
+    let h = fnv1a(&[id, version]);
     (h ^ (h >> 32)) as u32
 }
 

@@ -223,7 +223,8 @@ impl Instance {
                 continue;
             };
             if s.count.is_some() {
-                let h = short_hash(&id);
+                // A record and its version: the same record read twice counts once.
+                let h = short_hash(&id, &window);
                 if let Err(at) = s.seen.binary_search(&h) {
                     s.seen.insert(at, h);
                 }
