@@ -161,15 +161,15 @@ fn sigterm_finishes_the_poll_in_flight_and_exits_0() {
 
 #[test]
 fn incidents_keep_to_the_quota_and_deliver_every_version_once() {
-    // 5,600 incidents, 50 a page (Graph's maximum): the backfill needs more than the
-    // minute's 50 calls, so it must pause for the budget (about a minute each time) instead
-    // of drawing 429s.
+    // 2,600 incidents in parts of one page (at most 50, Graph's maximum, sized to about
+    // 37): the backfill needs more than the minute's 50 calls, so it must pause for the
+    // budget (about a minute) instead of drawing 429s.
     let sim = GraphSim::start(Behaviour {
         page_max: 100,
         incidents_quota: true,
         ..Behaviour::default()
     });
-    sim.add_alerts("i", 5600, Duration::from_secs(20 * 3600));
+    sim.add_alerts("i", 2600, Duration::from_secs(20 * 3600));
     let files = Tenant::new(&sim);
     let started = std::time::Instant::now();
     let out = files.run_once("defender-incidents", &[]);
