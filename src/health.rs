@@ -104,6 +104,15 @@ impl TypeHealth {
         }
     }
 
+    /// Learns the page size Graph allows from its 400 ("The limit of 'N' for Top query"),
+    /// when it is below what this list asks for; returns it.
+    pub fn learn_top(&mut self, body: &[u8], configured: u32) -> Option<u32> {
+        let asked = self.page_size(configured);
+        let limit = crate::graph::top_limit(body).filter(|&n| asked == 0 || n < asked)?;
+        self.top = Some(limit);
+        Some(limit)
+    }
+
     /// Whether the next window part asks for `$expand`: not while on the fallback, except
     /// every [`FALLBACK_RETRY_SECS`], to find out whether Graph serves it again.
     pub fn expand(&self, now: Timestamp) -> bool {

@@ -193,7 +193,7 @@ impl Instance {
                 Ok(mut read) => {
                     succeeded += 1;
                     h.succeeded();
-                    events.append(&mut read.events);
+                    events.append(&mut read);
                     if idle && !self.opened_here.contains(&name) {
                         self.opened_here.push(name);
                     }

@@ -4,7 +4,7 @@
 use crate::auth::{AuthError, describe_http_error};
 use crate::client::graph_request;
 use crate::connector::Query;
-use crate::graph::{error_text, top_limit, window_url};
+use crate::graph::{error_text, window_url};
 use crate::health::TypeHealth;
 use crate::platform::Platform;
 use crate::runtime::Instance;
@@ -241,18 +241,18 @@ impl Instance {
                         "check graph_url and the host's allow-list",
                     ),
                 })?;
-                let asked = health.page_size(q.data_type.page_size);
+                let before = health.clone();
                 match response.status {
                     // Learned as a poll learns it, so the first poll asks for what Graph allows.
                     400 if let Some(limit) =
-                        top_limit(&response.body).filter(|&n| asked == 0 || n < asked) =>
+                        health.learn_top(&response.body, q.data_type.page_size) =>
                     {
                         p.log(
-                        Level::Warn,
-                        &format!("{name}: Graph allows at most {limit} records a page; polls ask for {limit}"),
-                    );
-                        let before = health.clone();
-                        health.top = Some(limit);
+                            Level::Warn,
+                            &format!(
+                                "{name}: Graph allows at most {limit} records a page; polls ask for {limit}"
+                            ),
+                        );
                         health.save_if_changed(p, name, &before);
                     }
                     // A poll falls back to the query without `$expand` when Graph keeps failing

@@ -16,17 +16,12 @@ use crate::client::Failure;
 use crate::connector::Query;
 use crate::cursor::Stream;
 use crate::dedup::{Dedup, short_hash};
-use crate::graph::{check_next_link, read_page, top_limit, window_url};
+use crate::graph::{check_next_link, read_page, window_url};
 use crate::health::{EXPAND_TRIES, TypeHealth};
 use crate::platform::Platform;
 use crate::runtime::Instance;
 use crate::time::Timestamp;
 use crate::types::{Event, Level};
-
-/// What the read of one page did.
-pub(crate) struct Read {
-    pub events: Vec<Event>,
-}
 
 impl Instance {
     /// Reads the next page of `q`'s window and moves `stream` on; leaves `stream` as it
@@ -38,7 +33,7 @@ impl Instance {
         stream: &mut Stream,
         health: &mut TypeHealth,
         origin: Timestamp,
-    ) -> Result<Read, Failure> {
+    ) -> Result<Vec<Event>, Failure> {
         let t = q.data_type;
         let now = p.now();
         let mut s = stream.clone();
@@ -59,7 +54,7 @@ impl Instance {
         let span = to.unix_secs() - from.unix_secs();
 
         // The page, learning the page size Graph allows on the way.
-        let (response, url) = loop {
+        let (response, expanded) = loop {
             let url = match &s.next {
                 Some(link) => {
                     check_next_link(link, &self.config.graph_base).map_err(Failure::Fatal)?;
@@ -83,11 +78,10 @@ impl Instance {
                             &format!("{}: Graph serves the full query again", t.name),
                         );
                     }
-                    break (response, url);
+                    break (response, expanded);
                 }
                 Err(Failure::Rejected { status, body }) => {
-                    let asked = health.page_size(t.page_size);
-                    if let Some(limit) = top_limit(&body).filter(|&n| asked == 0 || n < asked) {
+                    if let Some(limit) = health.learn_top(&body, t.page_size) {
                         p.log(
                             Level::Warn,
                             &format!(
@@ -96,7 +90,6 @@ impl Instance {
                                 t.name
                             ),
                         );
-                        health.top = Some(limit);
                         s.next = None;
                         continue;
                     }
@@ -116,7 +109,7 @@ impl Instance {
                         );
                         narrow(&mut s, from, end, span / 2);
                         *stream = s;
-                        return Ok(Read { events: Vec::new() });
+                        return Ok(Vec::new());
                     }
                     return Err(Failure::Rejected { status, body });
                 }
@@ -136,17 +129,13 @@ impl Instance {
                     );
                     p.log(Level::Warn, &format!("{}: {why}", t.name));
                     health.fallback = Some((now.unix_millis(), why));
-                    s.next = None;
-                    s.read = 0;
-                    s.count = None;
-                    s.seen.clear();
+                    restart_part(&mut s);
                     *stream = s;
-                    return Ok(Read { events: Vec::new() });
+                    return Ok(Vec::new());
                 }
                 Err(e) => return Err(e),
             }
         };
-        let expanded = q.expand.is_some() && url.contains("expand=");
         let page = read_page(&response.body, ["id", t.window_field, t.time_field])
             .map_err(Failure::Transient)?;
         if let Some(next) = &page.next_link {
@@ -197,7 +186,7 @@ impl Instance {
                 );
                 narrow(&mut s, from, end, fit.clamp(1, span / 2));
                 *stream = s;
-                return Ok(Read { events: Vec::new() });
+                return Ok(Vec::new());
             }
         }
 
@@ -341,7 +330,7 @@ impl Instance {
         p.kv_set(&dedup_key, &dedup.encode())
             .map_err(|e| Failure::Transient(format!("saving dedup memory: {e:?}")))?;
         *stream = s;
-        Ok(Read { events })
+        Ok(events)
     }
 
     /// How far each window reaches back: the list's lateness, or the user's if wider.
@@ -357,6 +346,11 @@ fn narrow(s: &mut Stream, from: Timestamp, end: Timestamp, span: i64) {
     let span = span.max(1);
     s.step = Some(span);
     s.to = Some(from.plus_secs(span).min(end).to_rfc3339());
+    restart_part(s);
+}
+
+/// Forgets what was read of the current part: it is read again from its first page.
+fn restart_part(s: &mut Stream) {
     s.next = None;
     s.read = 0;
     s.count = None;
