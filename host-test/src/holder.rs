@@ -58,10 +58,7 @@ impl Claim {
             path: path.clone(),
             cause,
         };
-        let tx = db
-            .conn_mut()
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let tx = crate::state::write_transaction(db.conn_mut()).map_err(sql)?;
         let current = tx
             .query_row(
                 "SELECT pid, host, since, process, next_poll FROM holders WHERE instance = ?1",

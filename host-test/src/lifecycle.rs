@@ -149,10 +149,7 @@ pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleEr
         path: path.clone(),
         cause,
     };
-    let tx = db
-        .conn_mut()
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql)?;
+    let tx = crate::state::write_transaction(db.conn_mut()).map_err(sql)?;
     let count = |q: &str| -> Result<u64, StateError> {
         tx.query_row(q, [instance], |r| r.get(0)).map_err(sql)
     };

@@ -708,11 +708,12 @@ fn refuse_foreign(conn: &Connection, path: &Path) -> Result<(), StateError> {
 /// A transaction that takes the write lock at once. A deferred one that reads first could
 /// not wait for another process's writer when it comes to write: SQLite answers "database
 /// is locked" at once instead of applying the busy timeout.
-fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+pub(crate) fn write_transaction(
+    conn: &mut Connection,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
-/// Adds one poll to an instance's health record (inside the poll's transaction, or alone).
 /// The stored degraded list; a value this host cannot read shows as none rather than
 /// failing `status`.
 fn degraded_of(json: Option<&str>) -> Vec<Degraded> {
@@ -720,6 +721,7 @@ fn degraded_of(json: Option<&str>) -> Vec<Degraded> {
         .unwrap_or_default()
 }
 
+/// Adds one poll to an instance's health record (inside the poll's transaction, or alone).
 fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite::Result<()> {
     let degraded = h
         .degraded
