@@ -552,18 +552,29 @@ impl StateDb {
 
     /// Every instance with its health, by name.
     pub fn health(&self) -> Result<Vec<HealthRow>, StateError> {
+        // `status` opens files read-only and may read one whose first writer has created the
+        // tables but not yet added the `degraded` column: read it as none then.
+        let has_degraded: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('health') WHERE name = 'degraded')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        let degraded = if has_degraded { "h.degraded" } else { "NULL" };
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 // FULL JOIN: an instance `serve` could not start has health but no state.
                 "SELECT COALESCE(i.name, h.instance), COALESCE(i.connector, '-'), h.last_poll,
                      h.last_success, h.newest_event, COALESCE(h.events, 0),
                      COALESCE(h.requests, 0), COALESCE(h.throttled, 0),
                      COALESCE(h.waited_secs, 0), COALESCE(h.failures, 0), h.last_error,
-                     h.last_error_code, h.degraded
+                     h.last_error_code, {degraded}
                  FROM instances i FULL JOIN health h ON h.instance = i.name
-                 ORDER BY 1",
-            )
+                 ORDER BY 1"
+            ))
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
