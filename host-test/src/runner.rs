@@ -228,11 +228,12 @@ pub struct Runner {
     /// opened again from `out` to deliver.
     sink: Option<Sink>,
     out: Option<std::path::PathBuf>,
-    /// A component instance kept between polls: only for components built for WIT 0.1,
-    /// which keep their access token in their own memory (a fresh instance per poll would
-    /// ask for a token at every poll). Later components keep it in the host's token cache
-    /// and get a fresh instance per poll, dropped when the poll ends: an idle instance
-    /// holds no store or linear memory.
+    /// A component instance kept between polls: for components built for WIT 0.1, which
+    /// keep their access token in their own memory (a fresh instance per poll would ask
+    /// for a token at every poll), and to the end of `run --once`, whose catch-up ends
+    /// with the windows its instance opened (see the guest's `poll`). Otherwise a fresh
+    /// instance per poll, dropped when the poll ends (the token is in the host's token
+    /// cache): an idle instance holds no store or linear memory.
     instance: Option<Instance>,
     keep_instance: bool,
     /// Polls made, when recording (fixture replay).
@@ -404,6 +405,7 @@ impl Runner {
     /// Polls until the component has no `more` (`once`), or until `stop` is raised,
     /// waiting `interval` between rounds.
     pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
+        self.keep_instance |= once;
         while !self.setup.stop.load(Ordering::Relaxed) {
             let Some(wait) = self.poll_round(once, interval)? else {
                 return Ok(());
@@ -450,8 +452,8 @@ impl Runner {
         if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
             r.wait_secs = wait.as_secs();
         }
-        // A 0.1 component's instance holds its token: `run --once` keeps it to the end;
-        // otherwise a wait drops it like the end of a turn in `serve`.
+        // `run --once` keeps its instance to the end, waits included; otherwise a wait
+        // drops a kept one like the end of a turn in `serve`.
         if !once && !wait.is_zero() {
             self.release_instance();
         }
