@@ -51,7 +51,11 @@ impl RunError {
             RunError::Config(_) | RunError::Lifecycle(_) => 2,
             // Another process holds the instance, or a component swapped under it: a usage
             // error, not the connector's.
-            RunError::State(StateError::Held { .. } | StateError::WrongConnector { .. }) => 2,
+            RunError::State(
+                StateError::Held { .. }
+                | StateError::Leased { .. }
+                | StateError::WrongConnector { .. },
+            ) => 2,
             _ => 1,
         }
     }

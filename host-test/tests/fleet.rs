@@ -183,18 +183,17 @@ impl Fleet {
         let latest = sim.latest();
         (0..INSTANCES).all(|i| {
             let file = self.out().join(format!("t{i:02}.jsonl"));
-            let got: std::collections::BTreeSet<(String, String)> =
-                std::fs::read_to_string(&file)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .map(|l| {
-                        (
-                            l["id"].as_str().unwrap_or_default().to_string(),
-                            l["version"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect();
+            let got: std::collections::BTreeSet<(String, String)> = std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .map(|l| {
+                    (
+                        l["id"].as_str().unwrap_or_default().to_string(),
+                        l["version"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
             latest.is_subset(&got)
         })
     }
@@ -298,10 +297,14 @@ fn a_stopped_host_is_fenced_a_database_restart_is_survived_and_sigterm_hands_ove
     });
     // ...and A, continued, finds its leases lost and writes nothing of them.
     fleet.signal(a, "CONT");
-    fleet.wait_until("A noticing its lost leases", Duration::from_secs(10), || {
-        let log = fleet.log_text(a);
-        log.contains("lease lost") || log.contains("no longer holds the lease")
-    });
+    fleet.wait_until(
+        "A noticing its lost leases",
+        Duration::from_secs(10),
+        || {
+            let log = fleet.log_text(a);
+            log.contains("lease lost") || log.contains("no longer holds the lease")
+        },
+    );
     sim.add_alerts("after-stop", 3, Duration::from_secs(5));
     fleet.wait_until("caught up after the stop", Duration::from_secs(30), || {
         fleet.caught_up(&sim)
@@ -331,10 +334,14 @@ fn a_stopped_host_is_fenced_a_database_restart_is_survived_and_sigterm_hands_ove
         fleet_ttl.ttl_secs = 30;
         let c = fleet_ttl.start_host();
         let d = fleet_ttl.start_host();
-        fleet_ttl.wait_until("a split of the restarted hosts", Duration::from_secs(40), || {
-            let shares = fleet_ttl.shares();
-            shares.get(&c) == Some(&15) && shares.get(&d) == Some(&15)
-        });
+        fleet_ttl.wait_until(
+            "a split of the restarted hosts",
+            Duration::from_secs(40),
+            || {
+                let shares = fleet_ttl.shares();
+                shares.get(&c) == Some(&15) && shares.get(&d) == Some(&15)
+            },
+        );
         let stopped = Instant::now();
         fleet_ttl.terminate(c);
         fleet_ttl.wait_until("D holding all 30", Duration::from_secs(10), || {
@@ -346,9 +353,11 @@ fn a_stopped_host_is_fenced_a_database_restart_is_survived_and_sigterm_hands_ove
             "the handover took {handover:?} with a 30 s lease"
         );
         sim.add_alerts("after-term", 3, Duration::from_secs(5));
-        fleet_ttl.wait_until("caught up after the handover", Duration::from_secs(30), || {
-            fleet_ttl.caught_up(&sim)
-        });
+        fleet_ttl.wait_until(
+            "caught up after the handover",
+            Duration::from_secs(30),
+            || fleet_ttl.caught_up(&sim),
+        );
         fleet_ttl.assert_exactly_once(&sim);
         let log = fleet_ttl.log_text(c);
         assert!(!log.contains(SECRET), "the client secret appears in a log");
