@@ -108,16 +108,15 @@ pub enum StateError {
     )]
     ForeignPostgres { url: String, table: String },
     #[error(
-        "instance {instance:?} in {url} is leased by {owner} (process {pid} on {host}) until \
-         {until}; one host of a fleet runs an instance at a time: this host takes it over \
-         when that lease ends (released, or not renewed for the lease TTL)"
+        "instance {instance:?} in {url} is leased by {owner} until {until}; one host of a \
+         fleet runs an instance at a time: this host takes it over when that lease ends \
+         (released, or not renewed for the lease TTL)"
     )]
     Leased {
         url: String,
         instance: String,
+        /// The holder's fleet id, `host:pid:nonce`.
         owner: String,
-        pid: u32,
-        host: String,
         until: String,
     },
     #[error(

@@ -86,8 +86,8 @@ const MIGRATIONS: &[&str] = &[
 
 /// Advisory lock keys: one serializes migrations, one the takes of leases (so that the
 /// fair-share count a take reads is not changed under it by another host's take).
-const MIGRATION_LOCK: i64 = 0x636f_6e6e_6d69_67;
-const LEASE_LOCK: i64 = 0x636f_6e6e_6c65_61;
+const MIGRATION_LOCK: i64 = 0x0063_6f6e_6e6d_6967;
+const LEASE_LOCK: i64 = 0x0063_6f6e_6e6c_6561;
 
 /// The lease TTL when none is set (`serve --lease-ttl`).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -665,8 +665,6 @@ impl PgDb {
                     url: url.clone(),
                     instance: instance.into(),
                     owner,
-                    host: row.get::<_, Option<String>>(1).unwrap_or_default(),
-                    pid: row.get::<_, Option<i64>>(2).unwrap_or(0) as u32,
                     until: row.get::<_, Option<String>>(3).unwrap_or_default(),
                 }
                 .into());
@@ -728,8 +726,6 @@ impl PgDb {
                     url: url.clone(),
                     instance: instance.into(),
                     owner: r.get(0),
-                    host: r.get(1),
-                    pid: r.get::<_, i64>(2) as u32,
                     until: r.get(3),
                 }
                 .into());
@@ -981,8 +977,6 @@ impl PgDb {
                     url,
                     instance: instance.into(),
                     owner: r.get(0),
-                    host: r.get(1),
-                    pid: r.get::<_, i64>(2) as u32,
                     until: r.get(3),
                 }
                 .into());

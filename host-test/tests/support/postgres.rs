@@ -179,13 +179,19 @@ impl PgServer {
             pid = std::process::id(),
             dir = self.dir.display(),
         );
-        // Its own session: a Ctrl-C to the test's process group does not stop it first.
-        let mut cmd = Command::new("setsid");
-        cmd.args(["sh", "-c", &script])
+        // In the background of a shell that exits at once (so the watchdog is no child of
+        // the test process to reap), in its own session (a Ctrl-C to the test's process
+        // group does not stop it first). The script holds no single quote.
+        assert!(!script.contains('\''));
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                &format!("setsid sh -c '{script}' </dev/null >/dev/null 2>&1 &"),
+            ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd.spawn().expect("cannot start the PostgreSQL watchdog");
+            .status()
+            .expect("cannot start the PostgreSQL watchdog");
+        assert!(status.success(), "the PostgreSQL watchdog did not start");
     }
 
     /// The URL of a new, empty database on this server (one per test keeps tests apart).
