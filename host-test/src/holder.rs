@@ -249,7 +249,7 @@ pub fn host_name() -> String {
 
 /// What tells this run of process `pid` from a later process with the same pid: on
 /// Linux the boot ID and the process's start time; elsewhere nothing beyond the pid.
-fn process_identity(pid: u32) -> String {
+pub(crate) fn process_identity(pid: u32) -> String {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     match start_time(pid) {
         Some(start) => format!("{}:{start}", boot.trim()),
@@ -265,7 +265,7 @@ fn start_time(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_string)
 }
 
-fn process_alive(pid: u32, identity: &str) -> bool {
+pub(crate) fn process_alive(pid: u32, identity: &str) -> bool {
     if std::path::Path::new("/proc/self/stat").exists() {
         return !identity.is_empty() && process_identity(pid) == identity
             || identity.is_empty() && start_time(pid).is_some();

@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
          owner TEXT,
          host TEXT,
          pid BIGINT,
+         process TEXT,
          since TEXT,
          expires TIMESTAMPTZ,
          token BIGINT NOT NULL DEFAULT 0,
@@ -646,6 +647,7 @@ impl PgDb {
         let ttl = self.lease_ttl.as_secs_f64();
         let fleet_size = self.fleet_size;
         let (host, pid) = (crate::holder::host_name(), std::process::id() as i64);
+        let process = crate::holder::process_identity(std::process::id());
         let token = self.tx(|tx| {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LEASE_LOCK])?;
             tx.execute(
@@ -653,13 +655,19 @@ impl PgDb {
                 &[&instance],
             )?;
             let row = tx.query_one(
-                "SELECT owner, host, pid, to_char(expires AT TIME ZONE 'UTC',
-                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), COALESCE(expires > now(), false)
+                "SELECT owner, COALESCE(host, ''), COALESCE(pid, 0), to_char(expires AT TIME
+                     ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                     COALESCE(expires > now(), false), COALESCE(process, '')
                  FROM leases WHERE instance = $1 FOR UPDATE",
                 &[&instance],
             )?;
             let owner: Option<String> = row.get(0);
-            let live: bool = row.get(4);
+            let live = row.get::<_, bool>(4)
+                && !gone_here(
+                    &row.get::<_, String>(1),
+                    row.get(2),
+                    &row.get::<_, String>(5),
+                );
             if let Some(owner) = owner.filter(|o| live && *o != me) {
                 return Err(StateError::Leased {
                     url: url.clone(),
@@ -686,9 +694,9 @@ impl PgDb {
                 .query_one(
                     "UPDATE leases SET owner = $2, host = $3, pid = $4, since = $5,
                          expires = now() + make_interval(secs => $6::float8), token = token + 1,
-                         next_poll = NULL
+                         next_poll = NULL, process = $7
                      WHERE instance = $1 RETURNING token",
-                    &[&instance, &me, &host, &pid, &since, &ttl],
+                    &[&instance, &me, &host, &pid, &since, &ttl, &process],
                 )?
                 .get(0);
             Ok(token)
@@ -716,12 +724,14 @@ impl PgDb {
         self.tx(|tx| {
             let row = tx.query_opt(
                 "SELECT owner, COALESCE(host, ''), COALESCE(pid, 0), to_char(expires AT TIME
-                     ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                     ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), COALESCE(process, '')
                  FROM leases WHERE instance = $1 AND owner IS NOT NULL AND owner <> $2
                      AND expires > now()",
                 &[&instance, &me],
             )?;
-            if let Some(r) = row {
+            if let Some(r) =
+                row.filter(|r| !gone_here(&r.get::<_, String>(1), r.get(2), &r.get::<_, String>(4)))
+            {
                 return Err(StateError::Leased {
                     url: url.clone(),
                     instance: instance.into(),
@@ -1073,6 +1083,14 @@ impl Fence {
             .is_some();
         Ok(!taken)
     }
+}
+
+/// Whether a lease's holder ran on this machine and is gone (killed, crashed): its lease
+/// is taken at once rather than after the TTL, as the SQLite holders are. A holder on
+/// another machine cannot be checked from here: its lease runs out.
+fn gone_here(host: &str, pid: i64, process: &str) -> bool {
+    host == crate::holder::host_name()
+        && u32::try_from(pid).is_ok_and(|pid| !crate::holder::process_alive(pid, process))
 }
 
 /// (leases this host holds, live hosts counted from their heartbeats, at least 1).
