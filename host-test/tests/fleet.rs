@@ -8,14 +8,68 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::graph_sim::{Behaviour, GraphSim, SECRET};
 use support::postgres::PgServer;
 use support::{assert_exactly_once, host, text, write_json};
+
+/// A loopback TCP proxy in front of the simulator (which answers one request at a time)
+/// that can hold every response back for a while: then each host's polls are in flight
+/// at once, and a host stopped now wakes up to finish polls whose leases it lost.
+struct SlowProxy {
+    port: u16,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl SlowProxy {
+    fn start(upstream: std::net::SocketAddr) -> SlowProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let delay = delay.clone();
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+                std::thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match server.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let wait = delay.load(Ordering::Relaxed);
+                        if wait > 0 {
+                            std::thread::sleep(Duration::from_millis(wait));
+                        }
+                        if client.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SlowProxy { port, delay_ms }
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
 
 /// Instances in each fleet test.
 const INSTANCES: usize = 30;
@@ -31,6 +85,16 @@ struct Fleet {
 impl Fleet {
     /// 30 instances of one simulator's tenant in a directory, and a fresh database.
     fn new(sim: &GraphSim, server: &PgServer, database: &str, ttl_secs: u64) -> Fleet {
+        Fleet::with_config(sim.config(1), server, database, ttl_secs)
+    }
+
+    /// The same, with the instances' connector config given.
+    fn with_config(
+        config: serde_json::Value,
+        server: &PgServer,
+        database: &str,
+        ttl_secs: u64,
+    ) -> Fleet {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path().join("instances");
         std::fs::create_dir_all(dir.join("secrets")).unwrap();
@@ -43,7 +107,7 @@ impl Fleet {
                 &dir.join(format!("t{i:02}.json")),
                 &json!({
                     "component": support::alerts_wasm(),
-                    "config": sim.config(1),
+                    "config": config,
                     "secrets": "secrets/good.json",
                     "interval_secs": 1,
                 }),
@@ -80,8 +144,9 @@ impl Fleet {
             &self.out().display().to_string(),
             "--lease-ttl",
             &self.ttl_secs.to_string(),
+            // Enough for every instance to be in flight at once (the held-back responses).
             "--workers",
-            "4",
+            "40",
             "--rescan-secs",
             "1",
             "--log-level",
@@ -281,30 +346,51 @@ fn three_hosts_share_thirty_instances_and_twenty_kills_lose_and_repeat_nothing()
 fn a_stopped_host_is_fenced_a_database_restart_is_survived_and_sigterm_hands_over() {
     // Its own server: restarting it must not disturb the other test.
     let server = PgServer::start();
-    let sim = GraphSim::start(Behaviour::default());
+    // One page holds every alert: next links would bypass the proxy (and the connector
+    // follows none to another address).
+    let sim = GraphSim::start(Behaviour {
+        page_max: 200,
+        ..Behaviour::default()
+    });
     sim.add_alerts("start", 20, Duration::from_secs(3600));
-    let mut fleet = Fleet::new(&sim, &server, "failover", 2);
+    let proxy = SlowProxy::start(sim.base.trim_start_matches("http://").parse().unwrap());
+    let mut config = sim.config(1);
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    config["graph_url"] = json!(via);
+    config["login_url"] = json!(via);
+    let mut fleet = Fleet::with_config(config, &server, "failover", 2);
     let (a, b) = (fleet.start_host(), fleet.start_host());
     fleet.wait_until("a split of 15 and 15", Duration::from_secs(40), || {
         fleet.caught_up(&sim) && fleet.shares() == BTreeMap::from([(a, 15), (b, 15)])
     });
 
-    // A is stopped (SIGSTOP) past its lease: B takes over A's instances...
-    fleet.signal(a, "STOP");
+    // Responses are held back 4 s, new alerts arrive, and A is stopped (SIGSTOP) with
+    // its polls in flight, past its 2 s leases: B takes A's instances over and delivers
+    // the new alerts...
+    proxy.set_delay(Duration::from_secs(4));
     sim.add_alerts("while-stopped", 3, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.signal(a, "STOP");
     fleet.wait_until("B holding all 30", Duration::from_secs(20), || {
         fleet.shares().get(&b) == Some(&INSTANCES)
     });
-    // ...and A, continued, finds its leases lost and writes nothing of them.
-    fleet.signal(a, "CONT");
+    proxy.set_delay(Duration::ZERO);
     fleet.wait_until(
-        "A noticing its lost leases",
-        Duration::from_secs(10),
-        || {
-            let log = fleet.log_text(a);
-            log.contains("lease lost") || log.contains("no longer holds the lease")
-        },
+        "B delivering the new alerts",
+        Duration::from_secs(30),
+        || fleet.caught_up(&sim),
     );
+    // ...and A, continued, finishes those polls, holding the same alerts, and may commit
+    // and write none of them: its leases are gone.
+    fleet.signal(a, "CONT");
+    // (The connector's own overlap check, reading B's KV, would drop those alerts too:
+    // the commits that carry them must be refused by the lease check, which says so.)
+    fleet.wait_until(
+        "A's in-flight commits refused",
+        Duration::from_secs(10),
+        || fleet.log_text(a).contains("no longer holds the lease"),
+    );
+    fleet.assert_exactly_once(&sim);
     sim.add_alerts("after-stop", 3, Duration::from_secs(5));
     fleet.wait_until("caught up after the stop", Duration::from_secs(30), || {
         fleet.caught_up(&sim)
