@@ -639,9 +639,11 @@ impl InstanceJob {
             e => {
                 let code = match e {
                     RunError::Sink(_) => "delivery",
-                    RunError::State(StateError::WrongConnector { .. }) | RunError::Lifecycle(_) => {
-                        "config"
-                    }
+                    // A store that could not be reached while the instance started is
+                    // the host's failure (retried), not a config to fix.
+                    RunError::State(StateError::WrongConnector { .. }) => "config",
+                    RunError::Lifecycle(crate::lifecycle::LifecycleError::State(_)) => "host",
+                    RunError::Lifecycle(_) => "config",
                     _ => "host",
                 };
                 tracing::error!(instance = %name, "instance failed, restarting in {}s: {e}", pause.as_secs());
