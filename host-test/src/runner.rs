@@ -53,7 +53,11 @@ impl RunError {
             RunError::Config(_) | RunError::Lifecycle(_) => 2,
             // Another process holds the instance, or a component swapped under it: a usage
             // error, not the connector's.
-            RunError::State(StateError::Held { .. } | StateError::WrongConnector { .. }) => 2,
+            RunError::State(
+                StateError::Held { .. }
+                | StateError::Leased { .. }
+                | StateError::WrongConnector { .. },
+            ) => 2,
             _ => 1,
         }
     }
@@ -291,7 +295,12 @@ impl Runner {
             &now,
         )?);
         if let Some((source, strict)) = &runner.setup.source {
-            crate::lifecycle::bind_source(&runner.db(), &runner.setup.instance, source, *strict)?;
+            crate::lifecycle::bind_source(
+                &mut runner.db(),
+                &runner.setup.instance,
+                source,
+                *strict,
+            )?;
         }
         runner
             .db()
@@ -369,7 +378,27 @@ impl Runner {
         let Some(&(last, _)) = lines.last() else {
             return Ok(0);
         };
-        self.sink()?.write(&lines)?;
+        // A fleet host writes only while it holds the lease, and never a line the file
+        // already has: a host fenced between this check and its write (a stop at exactly
+        // that moment) would otherwise repeat lines its successor wrote.
+        let fleet = {
+            let mut db = self.db();
+            db.check_lease(&name)?;
+            db.postgres().is_some()
+        };
+        let written = if fleet {
+            let sink = self.sink()?;
+            sink.last_seq(&name)?
+        } else {
+            None
+        };
+        let lines = match written {
+            Some(written) => lines.into_iter().filter(|(s, _)| *s > written).collect(),
+            None => lines,
+        };
+        if !lines.is_empty() {
+            self.sink()?.write(&lines)?;
+        }
         self.db().mark_delivered(&name, last)?;
         Ok(lines.len())
     }
@@ -684,7 +713,7 @@ impl Runner {
             .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= QUIET_LOG_EVERY)
             && !batch.more
         {
-            tracing::info!(instance = %name, newest_event = newest_seen(&self.db(), &name).as_deref(),
+            tracing::info!(instance = %name, newest_event = newest_seen(&mut self.db(), &name).as_deref(),
                 "up to date: no new events");
             self.last_poll_line = Some(now);
         } else {
@@ -702,7 +731,7 @@ impl Runner {
 const QUIET_LOG_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// The newest event time in the instance's health record, for the "up to date" line.
-fn newest_seen(db: &StateDb, instance: &str) -> Option<String> {
+fn newest_seen(db: &mut StateDb, instance: &str) -> Option<String> {
     db.health()
         .ok()?
         .into_iter()
