@@ -16,6 +16,7 @@ mod connector;
 pub mod cursor;
 pub mod dedup;
 pub mod graph;
+pub mod ocsf;
 mod health;
 pub mod platform;
 pub mod retry;
