@@ -19,7 +19,7 @@ use crate::time::Timestamp;
 pub mod builders;
 pub mod evidence;
 mod event;
-mod record;
+pub mod record;
 pub mod tables;
 #[cfg(test)]
 mod tests;
