@@ -208,7 +208,7 @@ fn file(o: &mut Ocsf, path: &str, f: &Map<String, Value>) -> Option<Value> {
         ("path", full.into()),
         ("hashes", hashes.into()),
         ("size", size.into()),
-        ("company_name", str_of(f, "publisher").into()),
+        ("company_name", str_of(f, "filePublisher").into()),
     ])))
 }
 

@@ -5,6 +5,15 @@
 /// An OCSF enum id and its caption (or the source's own value for "Other").
 pub type Entry = (u32, String);
 
+/// Graph's enum members are camelCase; some reference pages print them capitalised
+/// (`Active`, `TruePositive`): both are read alike.
+fn camel(v: &str) -> String {
+    let mut c = v.chars();
+    c.next()
+        .map(|first| first.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 fn other(v: &str) -> Entry {
     (99, v.to_string())
 }
@@ -17,7 +26,7 @@ fn known(id: u32, caption: &str) -> Entry {
 /// `severity_id`. Entra's `none` is a record without risk (Informational); `hidden`
 /// (no P2 licence) says nothing, Unknown.
 pub fn severity(v: &str) -> Entry {
-    match v {
+    match camel(v).as_str() {
         "unknown" | "hidden" => known(0, "Unknown"),
         "informational" | "none" => known(1, "Informational"),
         "low" => known(2, "Low"),
@@ -29,7 +38,7 @@ pub fn severity(v: &str) -> Entry {
 
 /// Entra `riskLevel` to OCSF `risk_level_id` (0 Info … 3 High).
 pub fn risk_level(v: &str) -> Option<Entry> {
-    Some(match v {
+    Some(match camel(v).as_str() {
         "none" => known(0, "Info"),
         "low" => known(1, "Low"),
         "medium" => known(2, "Medium"),
@@ -42,7 +51,7 @@ pub fn risk_level(v: &str) -> Option<Entry> {
 
 /// Defender alert `status` to the finding `status_id`.
 pub fn alert_status(v: &str) -> Entry {
-    match v {
+    match camel(v).as_str() {
         "unknown" => known(0, "Unknown"),
         "new" => known(1, "New"),
         "inProgress" => known(2, "In Progress"),
@@ -55,7 +64,7 @@ pub fn alert_status(v: &str) -> Entry {
 /// nobody worked on yet (New); `awaitingAction` waits on someone (In Progress);
 /// `redirected` was merged into another incident (Other, with the Graph value).
 pub fn incident_status(v: &str) -> Entry {
-    match v {
+    match camel(v).as_str() {
         "unknown" => known(0, "Unknown"),
         "active" => known(1, "New"),
         "inProgress" | "awaitingAction" => known(2, "In Progress"),
@@ -68,7 +77,7 @@ pub fn incident_status(v: &str) -> Entry {
 /// still open is New, one confirmed compromised is being handled (In Progress), one
 /// remediated, dismissed or confirmed safe is Resolved.
 pub fn risk_state(v: &str) -> Entry {
-    match v {
+    match camel(v).as_str() {
         "none" => known(0, "Unknown"),
         "atRisk" => known(1, "New"),
         "confirmedCompromised" => known(2, "In Progress"),
@@ -80,7 +89,7 @@ pub fn risk_state(v: &str) -> Entry {
 /// Defender `classification` (alerts, incidents) and Entra `riskState` conclusions to
 /// OCSF `verdict_id`; `None` when there is no conclusion yet.
 pub fn verdict(v: &str) -> Option<Entry> {
-    Some(match v {
+    Some(match camel(v).as_str() {
         "falsePositive" | "confirmedSafe" => known(1, "False Positive"),
         "truePositive" | "confirmedCompromised" => known(2, "True Positive"),
         "informationalExpectedActivity" => known(5, "Benign"),
@@ -91,7 +100,7 @@ pub fn verdict(v: &str) -> Option<Entry> {
 
 /// Entra audit `result` and sign-in outcome to the IAM `status_id`.
 pub fn result(v: &str) -> Entry {
-    match v {
+    match camel(v).as_str() {
         "success" => known(1, "Success"),
         "failure" | "timeout" => known(2, "Failure"),
         _ => other(v),
@@ -100,7 +109,7 @@ pub fn result(v: &str) -> Entry {
 
 /// A Defender evidence `verdict` to OCSF `verdict_id` of an evidence.
 pub fn evidence_verdict(v: &str) -> Option<Entry> {
-    Some(match v {
+    Some(match camel(v).as_str() {
         "unknown" => return None,
         "suspicious" => known(4, "Suspicious"),
         "malicious" => known(8, "Security Risk"),

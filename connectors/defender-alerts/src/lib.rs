@@ -7,6 +7,8 @@ use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
 mod ocsf;
+#[cfg(test)]
+mod tests;
 
 /// `serviceSource` values Graph documents for alerts.
 const SERVICE_SOURCES: &[&str] = &[

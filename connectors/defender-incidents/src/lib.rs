@@ -8,6 +8,8 @@ use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
 mod ocsf;
+#[cfg(test)]
+mod tests;
 
 // Graph refuses $top above 50 with a 400 ("The limit of '50' for Top query has been
 // exceeded", observed by Wazuh; Elastic and XSOAR also use 50). Windows are split to hold at

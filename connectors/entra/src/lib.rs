@@ -7,6 +7,8 @@ use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
 mod ocsf;
+#[cfg(test)]
+mod tests;
 
 // Audit records never change (`version` empty). No `$top`, as Splunk's add-on sends none
 // (pages of 1,000 observed); the only list here that documents `$orderby`. Audit records
