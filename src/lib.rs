@@ -16,8 +16,8 @@ mod connector;
 pub mod cursor;
 pub mod dedup;
 pub mod graph;
-pub mod ocsf;
 mod health;
+pub mod ocsf;
 pub mod platform;
 pub mod retry;
 #[doc(hidden)]

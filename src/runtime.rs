@@ -71,7 +71,10 @@ pub fn describe<C: Connector>() -> Metadata {
 /// The description, with the OCSF version and class of each normalized kind, e.g.
 /// "Events also carry their OCSF 1.8.0 form (`ocsf`): defender.alert → Detection Finding."
 fn describe_ocsf(description: &str, types: &[crate::connector::DataType]) -> String {
-    let classes: Vec<&str> = types.iter().filter_map(|t| t.ocsf.map(|m| m.name)).collect();
+    let classes: Vec<&str> = types
+        .iter()
+        .filter_map(|t| t.ocsf.map(|m| m.name))
+        .collect();
     if classes.is_empty() {
         return description.into();
     }

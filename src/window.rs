@@ -243,6 +243,7 @@ impl Instance {
                     kind: t.kind,
                     path: t.path,
                     timestamp: &timestamp,
+                    time_field: t.time_field,
                 };
                 normalizer.event(m, source, record.raw)
             });

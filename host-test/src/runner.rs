@@ -738,7 +738,11 @@ fn checked_payload(e: &Event) -> Result<Checked, String> {
         )),
     };
     let payload = object(&e.payload, "payload")?;
-    let ocsf = e.ocsf.as_deref().map(|o| object(o, "OCSF form")).transpose()?;
+    let ocsf = e
+        .ocsf
+        .as_deref()
+        .map(|o| object(o, "OCSF form"))
+        .transpose()?;
     Ok((payload, ocsf))
 }
 

@@ -16,10 +16,7 @@ pub fn set_enum(o: &mut Ocsf, name: &str, (id, caption): Entry) {
 
 /// `metadata.product`: the Microsoft product that produced the record.
 pub fn product(o: &mut Ocsf, name: &str, feature: Option<&str>) {
-    let mut p = object([
-        ("name", name.into()),
-        ("vendor_name", "Microsoft".into()),
-    ]);
+    let mut p = object([("name", name.into()), ("vendor_name", "Microsoft".into())]);
     if let Some(f) = feature {
         p.insert("feature".into(), json!({ "name": f }));
     }

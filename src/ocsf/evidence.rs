@@ -16,9 +16,7 @@ pub fn evidences(o: &mut Ocsf, items: &[Value]) -> Vec<Value> {
         let Some(e) = item.as_object() else { continue };
         let path = format!("evidences[{}]", out.len());
         if let Some(mut ev) = one(o, &path, e) {
-            if let Some((id, caption)) =
-                str_of(e, "verdict").and_then(tables::evidence_verdict)
-            {
+            if let Some((id, caption)) = str_of(e, "verdict").and_then(tables::evidence_verdict) {
                 ev.insert("verdict_id".into(), id.into());
                 ev.insert("verdict".into(), caption.into());
             }
@@ -60,9 +58,17 @@ fn one(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Map<String, V
             let f = e.get("fileDetails")?.as_object()?;
             ev.insert("file".into(), file(o, &format!("{path}.file"), f)?);
         }
-        "processEvidence" => {
-            ev.insert("process".into(), process(o, &format!("{path}.process"), e)?);
-        }
+        "processEvidence" => match process(o, &format!("{path}.process"), e) {
+            Some(p) => {
+                ev.insert("process".into(), p);
+            }
+            // OCSF identifies a process by its id: without one, the image file is the
+            // evidence.
+            None => {
+                let f = e.get("imageFile")?.as_object()?;
+                ev.insert("file".into(), file(o, &format!("{path}.file"), f)?);
+            }
+        },
         "urlEvidence" => {
             let u = str_of(e, "url")?;
             o.observe(format!("{path}.url.url_string"), 6, u);
@@ -89,9 +95,15 @@ fn one(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Map<String, V
             let name = ["displayName", "registryKey", "name", "query", "url"]
                 .iter()
                 .find_map(|k| str_of(e, k));
-            let uid = ["appId", "resourceId", "objectId", "securityGroupId", "networkMessageId"]
-                .iter()
-                .find_map(|k| str_of(e, k));
+            let uid = [
+                "appId",
+                "resourceId",
+                "objectId",
+                "securityGroupId",
+                "networkMessageId",
+            ]
+            .iter()
+            .find_map(|k| str_of(e, k));
             if name.is_none() && uid.is_none() {
                 return None;
             }
@@ -194,13 +206,20 @@ fn file(o: &mut Ocsf, path: &str, f: &Map<String, Value>) -> Option<Value> {
         o.observe(format!("{path}.path"), 45, p);
     }
     let mut hashes = Vec::new();
-    for (key, id, algorithm) in [("md5", 1, "MD5"), ("sha1", 2, "SHA-1"), ("sha256", 3, "SHA-256")] {
+    for (key, id, algorithm) in [
+        ("md5", 1, "MD5"),
+        ("sha1", 2, "SHA-1"),
+        ("sha256", 3, "SHA-256"),
+    ] {
         if let Some(h) = str_of(f, key) {
             o.observe(format!("{path}.hashes[{}].value", hashes.len()), 8, h);
             hashes.push(fingerprint(id, algorithm, h));
         }
     }
-    let size = f.get("fileSize").and_then(Value::as_i64).filter(|s| *s >= 0);
+    let size = f
+        .get("fileSize")
+        .and_then(Value::as_i64)
+        .filter(|s| *s >= 0);
     Some(Value::Object(object([
         ("name", name.into()),
         ("type_id", 1.into()),
@@ -213,19 +232,17 @@ fn file(o: &mut Ocsf, path: &str, f: &Map<String, Value>) -> Option<Value> {
 }
 
 /// A `processEvidence` as an OCSF `process`: pid, command line, image file, user and
-/// parent.
+/// parent; `None` without a process id (OCSF identifies a process by it).
 fn process(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Value> {
-    let pid = e.get("processId").and_then(Value::as_i64);
+    let pid = e.get("processId").and_then(Value::as_i64)?;
     let cmd = str_of(e, "processCommandLine");
     let image = e.get("imageFile").and_then(Value::as_object);
-    let file = image.and_then(|f| file(o, &format!("{path}.file"), f));
-    let name = file.as_ref().and_then(|f| f["name"].as_str()).map(str::to_string);
-    if pid.is_none() && cmd.is_none() && file.is_none() {
-        return None;
-    }
-    if let Some(p) = pid {
-        o.observe(format!("{path}.pid"), 15, &p.to_string());
-    }
+    let image_file = image.and_then(|f| file(o, &format!("{path}.file"), f));
+    let name = image_file
+        .as_ref()
+        .and_then(|f| f["name"].as_str())
+        .map(str::to_string);
+    o.observe(format!("{path}.pid"), 15, &pid.to_string());
     if let Some(c) = cmd {
         o.observe(format!("{path}.cmd_line"), 13, c);
     }
@@ -237,21 +254,23 @@ fn process(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Value> {
         .and_then(Value::as_object)
         .and_then(|a| user(o, &format!("{path}.user"), &UserParts::account(a)));
     let parent_pid = e.get("parentProcessId").and_then(Value::as_i64);
-    let parent_file = e
-        .get("parentProcessImageFile")
-        .and_then(Value::as_object)
-        .and_then(|f| super::evidence::file(o, &format!("{path}.parent_process.file"), f));
-    let parent = (parent_pid.is_some() || parent_file.is_some()).then(|| {
-        if let Some(p) = parent_pid {
-            o.observe(format!("{path}.parent_process.pid"), 15, &p.to_string());
-        }
+    let parent = parent_pid.map(|parent_pid| {
+        let parent_file = e
+            .get("parentProcessImageFile")
+            .and_then(Value::as_object)
+            .and_then(|f| file(o, &format!("{path}.parent_process.file"), f));
+        o.observe(
+            format!("{path}.parent_process.pid"),
+            15,
+            &parent_pid.to_string(),
+        );
         Value::Object(object([
             ("pid", parent_pid.into()),
             (
                 "name",
                 parent_file.as_ref().and_then(|f| f["name"].as_str()).into(),
             ),
-            ("file", parent_file.clone().into()),
+            ("file", parent_file.into()),
         ]))
     });
     let created = str_of(e, "processCreationDateTime")
@@ -261,7 +280,7 @@ fn process(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Value> {
         ("pid", pid.into()),
         ("cmd_line", cmd.into()),
         ("name", name.into()),
-        ("file", file.into()),
+        ("file", image_file.into()),
         ("user", user.into()),
         ("parent_process", parent.into()),
         ("created_time", created.into()),
@@ -284,7 +303,8 @@ fn message(o: &mut Ocsf, path: &str, e: &Map<String, Value>) -> Option<Value> {
     let uid = str_of(e, "networkMessageId").or(str_of(e, "internetMessageId"));
     let subject = str_of(e, "subject");
     let ip = str_of(e, "senderIp").filter(|ip| valid_ip(ip));
-    if sender.is_none() && to.is_none() && uid.is_none() && subject.is_none() {
+    // OCSF needs a sender or a recipient to call it an e-mail.
+    if sender.is_none() && to.is_none() {
         return None;
     }
     if let Some(s) = sender {

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use crate::time::Timestamp;
 
 pub mod builders;
-pub mod evidence;
 mod event;
+pub mod evidence;
 pub mod record;
 pub mod tables;
 #[cfg(test)]
@@ -63,6 +63,8 @@ pub struct Source<'a> {
     pub path: &'a str,
     /// The event's `timestamp` (RFC 3339): OCSF `time`.
     pub timestamp: &'a str,
+    /// The record field `timestamp` came from: placed as `time`, so not `unmapped`.
+    pub time_field: &'a str,
 }
 
 /// The OCSF event of one raw record, as JSON text, or why there is none.
@@ -75,6 +77,9 @@ pub fn normalize(mapping: &Mapping, source: Source<'_>, raw: &str) -> Result<Str
     let mut record = Record::new(fields);
     let mut ocsf = Ocsf::new(source, time);
     (mapping.map)(&mut record, &mut ocsf)?;
+    // The event time is `time` and `metadata.original_time` whether or not the mapping
+    // read its field too.
+    record.discard(source.time_field);
     let event = ocsf.finish(record)?;
     serde_json::to_string(&Value::Object(event)).map_err(|e| e.to_string())
 }

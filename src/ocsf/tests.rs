@@ -11,6 +11,7 @@ const SOURCE: Source<'static> = Source {
     kind: "test.alert",
     path: "/v1.0/security/alerts_v2",
     timestamp: "2026-11-20T10:00:00.500Z",
+    time_field: "createdDateTime",
 };
 
 fn minimal(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
@@ -31,7 +32,11 @@ fn run(mapping: &Mapping, raw: &str) -> Result<Value, String> {
 
 #[test]
 fn the_class_activity_time_and_metadata_are_filled_and_the_rest_is_unmapped() {
-    let e = run(&MINIMAL, r#"{"id":"a1","odd":{"x":1},"empty":"","none":null}"#).unwrap();
+    let e = run(
+        &MINIMAL,
+        r#"{"id":"a1","odd":{"x":1},"empty":"","none":null}"#,
+    )
+    .unwrap();
     assert_eq!(e["class_uid"], 2004);
     assert_eq!(e["category_uid"], 2);
     assert_eq!(e["type_uid"], 200401);
@@ -71,7 +76,9 @@ fn emails_and_ips_are_checked_as_ocsf_types_want_them() {
     for ok in ["a@b.c", "first.last+tag@contoso.example", "x@sub-1.a.b"] {
         assert!(valid_email(ok), "{ok}");
     }
-    for bad in ["", "a", "a@b", "@b.c", "a@.c", "a@b.", "a b@c.d", "a@b@c.d", "ü@b.c"] {
+    for bad in [
+        "", "a", "a@b", "@b.c", "a@.c", "a@b.", "a b@c.d", "a@b@c.d", "ü@b.c",
+    ] {
         assert!(!valid_email(bad), "{bad}");
     }
     assert!(valid_ip("203.0.113.5") && valid_ip("2001:db8::1"));

@@ -22,7 +22,8 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
         .string("productName")
         .unwrap_or_else(|| "Microsoft Defender XDR".into());
     product(o, &name, service.as_deref());
-    o.metadata.insert("source".into(), "security/alerts_v2".into());
+    o.metadata
+        .insert("source".into(), "security/alerts_v2".into());
     if let Some(s) = r.string("severity") {
         set_enum(o, "severity", tables::severity(&s));
     }
@@ -58,6 +59,9 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
         finding_activity(status.as_deref() == Some("resolved"), created, modified),
     );
     o.set("is_alert", true);
+    if let Some(actions) = r.string("recommendedActions") {
+        o.set("remediation", serde_json::json!({ "desc": actions }));
+    }
     if let Some(a) = r.string("assignedTo") {
         let parts = UserParts {
             name: Some(&a),

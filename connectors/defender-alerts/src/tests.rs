@@ -12,6 +12,7 @@ const SOURCE: Source<'static> = Source {
     kind: "defender.alert",
     path: "/v1.0/security/alerts_v2",
     timestamp: "2021-04-27T12:19:27.7211305Z",
+    time_field: "createdDateTime",
 };
 
 fn normalized(raw: &str) -> Result<Value, String> {
@@ -23,7 +24,12 @@ fn observed(e: &Value) -> Vec<(u64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| (o["type_id"].as_u64().unwrap(), o["value"].as_str().unwrap().to_string()))
+        .map(|o| {
+            (
+                o["type_id"].as_u64().unwrap(),
+                o["value"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -50,7 +56,10 @@ fn the_reference_alert_is_a_valid_detection_finding_naming_its_evidence() {
         (47, "73e7e2de709dff64ef64b1d0c30e67fab63279db"),
         (2, "1.1.1.1"),
         (7, "MsSense.exe"),
-        (8, "8963a19fb992ad9a76576c5638fd68292cffb9aaac29eb8285f9abf6196a7dec"),
+        (
+            8,
+            "8963a19fb992ad9a76576c5638fd68292cffb9aaac29eb8285f9abf6196a7dec",
+        ),
         (8, "5f1e8acedc065031aad553b710838eb366cfee9a"),
         (15, "4780"),
         (13, "\"MsSense.exe\""),

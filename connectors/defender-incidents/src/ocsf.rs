@@ -70,7 +70,11 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
     let mut all_attacks = Vec::new();
     for a in &alerts {
         let Some(a) = a.as_object() else { continue };
-        let Some(uid) = a.get("id").and_then(Value::as_str) else {
+        let Some(uid) = a
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.trim().is_empty())
+        else {
             continue;
         };
         let techniques = a
@@ -90,7 +94,7 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
                 .and_then(|t| secops_connector::time::Timestamp::parse(t).ok())
                 .map(secops_connector::time::Timestamp::unix_millis)
         };
-        let severity = a.get("severity").and_then(Value::as_str).map(tables::severity);
+        let severity = text(a, "severity").map(tables::severity);
         // The alert's evidence is named in the incident's observables; its own OCSF
         // form is the alert event.
         let items = a
@@ -101,21 +105,15 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
         let _ = evidence::evidences(o, &items);
         related.push(Value::Object(object([
             ("uid", uid.into()),
-            ("title", a.get("title").cloned().unwrap_or(Value::Null)),
+            ("title", text(a, "title").into()),
             ("type", "Detection Finding".into()),
             ("type_uid", 200400.into()),
             ("created_time", time("createdDateTime").into()),
             ("modified_time", time("lastUpdateDateTime").into()),
             ("severity_id", severity.as_ref().map(|s| s.0).into()),
             ("severity", severity.map(|s| s.1).into()),
-            (
-                "status",
-                a.get("status").cloned().unwrap_or(Value::Null),
-            ),
-            (
-                "product_uid",
-                a.get("serviceSource").cloned().unwrap_or(Value::Null),
-            ),
+            ("status", text(a, "status").into()),
+            ("product_uid", text(a, "serviceSource").into()),
             ("attacks", alert_attacks.into()),
         ])));
     }
@@ -143,4 +141,10 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
         finding_activity(status.as_deref() == Some("resolved"), created, modified),
     );
     Ok(())
+}
+
+/// A string field of an expanded alert; other types are left out (the alert's own event
+/// carries them).
+fn text<'a>(a: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a str> {
+    a.get(key).and_then(Value::as_str)
 }

@@ -12,6 +12,7 @@ const SOURCE: Source<'static> = Source {
     kind: "defender.incident",
     path: "/v1.0/security/incidents",
     timestamp: "2021-08-13T08:43:35.5533333Z",
+    time_field: "createdDateTime",
 };
 
 fn normalized(raw: &str) -> Result<Value, String> {
@@ -29,7 +30,10 @@ fn the_reference_incident_is_a_valid_incident_finding_with_its_alerts_related() 
     assert_eq!(e["assignee"]["email_addr"], "KaiC@contoso.onmicrosoft.com");
     let info = &e["finding_info_list"][0];
     assert_eq!(info["uid"], "2972395");
-    assert_eq!(info["related_events"][0]["uid"], "da637551227677560813_-961444813");
+    assert_eq!(
+        info["related_events"][0]["uid"],
+        "da637551227677560813_-961444813"
+    );
     assert_eq!(info["attacks"][0]["sub_technique"]["uid"], "T1564.001");
     let values: Vec<&str> = e["observables"]
         .as_array()
@@ -45,8 +49,7 @@ fn the_reference_incident_is_a_valid_incident_finding_with_its_alerts_related() 
 
 #[test]
 fn an_unassigned_incident_names_the_unassigned_group_as_ocsf_requires() {
-    let mut record: Value =
-        serde_json::from_str(&schema::example("incident-with-alerts")).unwrap();
+    let mut record: Value = serde_json::from_str(&schema::example("incident-with-alerts")).unwrap();
     record["assignedTo"] = Value::Null;
     let e = normalized(&record.to_string()).unwrap();
     assert_eq!(schema::errors(&e), Vec::<String>::new());

@@ -49,7 +49,11 @@ fn validators() -> &'static BTreeMap<u64, jsonschema::Validator> {
 pub fn fixtures() -> PathBuf {
     let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     while !dir.join("fixtures").join("ocsf").is_dir() {
-        assert!(dir.pop(), "no fixtures/ocsf above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "no fixtures/ocsf above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
     dir.join("fixtures")
 }
@@ -139,7 +143,9 @@ pub fn errors(ocsf: &Value) -> Vec<String> {
         return vec![format!("no class_uid in {ocsf}")];
     };
     let Some(v) = validators().get(&class) else {
-        return vec![format!("class {class} has no schema under fixtures/ocsf/{VERSION}")];
+        return vec![format!(
+            "class {class} has no schema under fixtures/ocsf/{VERSION}"
+        )];
     };
     v.iter_errors(ocsf)
         .map(|e| format!("{} at {}", e, e.instance_path()))

@@ -26,30 +26,114 @@ enum Target {
 /// activity names (the audit log activities reference); matched exactly.
 const TABLE: &[(&str, &str, Target)] = &[
     ("UserManagement", "Add user", Target::Account(1, "Create")),
-    ("UserManagement", "Delete user", Target::Account(6, "Delete")),
-    ("UserManagement", "Hard Delete user", Target::Account(6, "Delete")),
-    ("UserManagement", "Disable account", Target::Account(5, "Disable")),
-    ("UserManagement", "Enable account", Target::Account(2, "Enable")),
-    ("UserManagement", "Reset user password", Target::Account(4, "Password Reset")),
-    ("UserManagement", "Reset password (by admin)", Target::Account(4, "Password Reset")),
-    ("UserManagement", "Change user password", Target::Account(3, "Password Change")),
-    ("UserManagement", "Change password (self-service)", Target::Account(3, "Password Change")),
+    (
+        "UserManagement",
+        "Delete user",
+        Target::Account(6, "Delete"),
+    ),
+    (
+        "UserManagement",
+        "Hard Delete user",
+        Target::Account(6, "Delete"),
+    ),
+    (
+        "UserManagement",
+        "Disable account",
+        Target::Account(5, "Disable"),
+    ),
+    (
+        "UserManagement",
+        "Enable account",
+        Target::Account(2, "Enable"),
+    ),
+    (
+        "UserManagement",
+        "Reset user password",
+        Target::Account(4, "Password Reset"),
+    ),
+    (
+        "UserManagement",
+        "Reset password (by admin)",
+        Target::Account(4, "Password Reset"),
+    ),
+    (
+        "UserManagement",
+        "Change user password",
+        Target::Account(3, "Password Change"),
+    ),
+    (
+        "UserManagement",
+        "Change password (self-service)",
+        Target::Account(3, "Password Change"),
+    ),
     ("UserManagement", "Update user", Target::Entity(3, "Update")),
-    ("UserManagement", "Restore user", Target::Entity(1, "Create")),
-    ("UserManagement", "User registered security info", Target::Account(10, "MFA Factor Enable")),
-    ("UserManagement", "User deleted security info", Target::Account(11, "MFA Factor Disable")),
-    ("GroupManagement", "Add member to group", Target::Group(3, "Add User")),
-    ("GroupManagement", "Remove member from group", Target::Group(4, "Remove User")),
+    (
+        "UserManagement",
+        "Restore user",
+        Target::Entity(1, "Create"),
+    ),
+    (
+        "UserManagement",
+        "User registered security info",
+        Target::Account(10, "MFA Factor Enable"),
+    ),
+    (
+        "UserManagement",
+        "User deleted security info",
+        Target::Account(11, "MFA Factor Disable"),
+    ),
+    (
+        "GroupManagement",
+        "Add member to group",
+        Target::Group(3, "Add User"),
+    ),
+    (
+        "GroupManagement",
+        "Remove member from group",
+        Target::Group(4, "Remove User"),
+    ),
     ("GroupManagement", "Add group", Target::Group(6, "Create")),
-    ("GroupManagement", "Delete group", Target::Group(5, "Delete")),
-    ("GroupManagement", "Update group", Target::Entity(3, "Update")),
-    ("GroupManagement", "Add owner to group", Target::Group(3, "Add User")),
-    ("GroupManagement", "Remove owner from group", Target::Group(4, "Remove User")),
+    (
+        "GroupManagement",
+        "Delete group",
+        Target::Group(5, "Delete"),
+    ),
+    (
+        "GroupManagement",
+        "Update group",
+        Target::Entity(3, "Update"),
+    ),
+    (
+        "GroupManagement",
+        "Add owner to group",
+        Target::Group(3, "Add User"),
+    ),
+    (
+        "GroupManagement",
+        "Remove owner from group",
+        Target::Group(4, "Remove User"),
+    ),
     // A directory role is a group of privileges: assigning one is adding its member.
-    ("RoleManagement", "Add member to role", Target::Group(3, "Add User")),
-    ("RoleManagement", "Remove member from role", Target::Group(4, "Remove User")),
-    ("RoleManagement", "Add eligible member to role", Target::Group(3, "Add User")),
-    ("RoleManagement", "Remove eligible member from role", Target::Group(4, "Remove User")),
+    (
+        "RoleManagement",
+        "Add member to role",
+        Target::Group(3, "Add User"),
+    ),
+    (
+        "RoleManagement",
+        "Remove member from role",
+        Target::Group(4, "Remove User"),
+    ),
+    (
+        "RoleManagement",
+        "Add eligible member to role",
+        Target::Group(3, "Add User"),
+    ),
+    (
+        "RoleManagement",
+        "Remove eligible member from role",
+        Target::Group(4, "Remove User"),
+    ),
 ];
 
 /// Activities the table does not name, in categories of directory objects: an Entity
@@ -68,10 +152,15 @@ const ENTITY_CATEGORIES: &[&str] = &[
 ];
 
 fn target(category: &str, activity: &str, operation: &str) -> Option<Target> {
-    if let Some((_, _, t)) = TABLE
-        .iter()
-        .find(|(c, a, _)| *c == category && a.eq_ignore_ascii_case(activity))
-    {
+    // The activity decides; the category only breaks a tie. Records file activities
+    // under other categories than one expects (the reference's example "Add member to
+    // group" is under UserManagement).
+    let named = |same_category: bool| {
+        TABLE.iter().find(|(c, a, _)| {
+            (!same_category || *c == category) && a.eq_ignore_ascii_case(activity)
+        })
+    };
+    if let Some((_, _, t)) = named(true).or_else(|| named(false)) {
         return Some(*t);
     }
     if !ENTITY_CATEGORIES.contains(&category) {
@@ -105,16 +194,18 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
     }
     set_enum(o, "severity", (1, "Informational".into()));
     let result = r.string("result");
-    set_enum(o, "status", tables::result(result.as_deref().unwrap_or("unknown")));
+    set_enum(
+        o,
+        "status",
+        tables::result(result.as_deref().unwrap_or("unknown")),
+    );
     o.set("status_detail", r.string("resultReason"));
     let category = r.string("category").unwrap_or_default();
     let activity = r.string("activityDisplayName").unwrap_or_default();
     let operation = r.string("operationType").unwrap_or_default();
     o.set("message", activity.clone());
-    o.metadata.insert(
-        "event_code".into(),
-        format!("{category}/{activity}").into(),
-    );
+    o.metadata
+        .insert("event_code".into(), format!("{category}/{activity}").into());
     actor(r, o);
     let targets = r.array("targetResources");
     let placed = match target(&category, &activity, &operation) {
@@ -171,11 +262,16 @@ fn actor(r: &mut Record, o: &mut Ocsf) {
 }
 
 /// Target resources of a type (`User`, `Group`, `Role`, …).
-fn of_type<'a>(targets: &'a [Value], types: &[&str]) -> impl Iterator<Item = &'a Map<String, Value>> {
+fn of_type<'a>(
+    targets: &'a [Value],
+    types: &[&str],
+) -> impl Iterator<Item = &'a Map<String, Value>> {
     targets
         .iter()
         .filter_map(Value::as_object)
-        .filter(move |t| str_of(t, "type").is_some_and(|ty| types.iter().any(|x| x.eq_ignore_ascii_case(ty))))
+        .filter(move |t| {
+            str_of(t, "type").is_some_and(|ty| types.iter().any(|x| x.eq_ignore_ascii_case(ty)))
+        })
 }
 
 fn target_user(o: &mut Ocsf, path: &str, t: &Map<String, Value>) -> Option<Value> {
@@ -215,7 +311,11 @@ fn group(o: &mut Ocsf, targets: &[Value], activity: (u32, &'static str)) -> bool
         o.observe("group.uid".into(), 33, u);
     }
     let kind = str_of(g, "type");
-    let mut group = object([("uid", uid.into()), ("name", name.into()), ("type", kind.into())]);
+    let mut group = object([
+        ("uid", uid.into()),
+        ("name", name.into()),
+        ("type", kind.into()),
+    ]);
     if kind.is_some_and(|k| k.eq_ignore_ascii_case("Role"))
         && let Some(n) = name
     {
@@ -272,8 +372,15 @@ fn fallback(
     operation: &str,
     service: Option<&str>,
 ) {
-    let op = if activity.is_empty() { operation } else { activity };
-    let mut api = object([("operation", (if op.is_empty() { "unknown" } else { op }).into())]);
+    let op = if activity.is_empty() {
+        operation
+    } else {
+        activity
+    };
+    let mut api = object([(
+        "operation",
+        (if op.is_empty() { "unknown" } else { op }).into(),
+    )]);
     if let Some(s) = service {
         api.insert("service".into(), json!({ "name": s }));
     }
@@ -298,15 +405,13 @@ fn fallback(
         }
     }
     o.set("resources", resources);
-    let caller = o
-        .get_mut("actor")
-        .and_then(|a| {
-            a.pointer("/user/uid")
-                .or(a.pointer("/app_uid"))
-                .or(a.pointer("/user/name"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+    let caller = o.get_mut("actor").and_then(|a| {
+        a.pointer("/user/uid")
+            .or(a.pointer("/app_uid"))
+            .or(a.pointer("/user/name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     if o.get_mut("actor").is_none() {
         o.set("actor", json!({"app_name": service.unwrap_or("unknown")}));
     }

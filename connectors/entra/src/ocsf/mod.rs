@@ -6,8 +6,7 @@ mod audit;
 mod sign_in;
 
 use secops_connector::ocsf::builders::{
-    FindingInfo, UserParts, endpoint, finding_activity, identity, location, product, set_enum,
-    user,
+    FindingInfo, UserParts, endpoint, finding_activity, identity, location, product, set_enum, user,
 };
 use secops_connector::ocsf::{Class, Mapping, Ocsf, Record, object, tables};
 use serde_json::Value;
@@ -50,10 +49,7 @@ fn risk(r: &mut Record, o: &mut Ocsf) -> bool {
     if let Some(d) = r.string("riskDetail") {
         o.set("status_detail", d);
     }
-    matches!(
-        state_str,
-        "remediated" | "dismissed" | "confirmedSafe"
-    )
+    matches!(state_str, "remediated" | "dismissed" | "confirmedSafe")
 }
 
 /// The user a record names by `userId`, `userPrincipalName` and `userDisplayName`.
@@ -85,7 +81,9 @@ fn risk_detection(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
         uid: id,
         uid_alt: r.string("requestId"),
         title: event_type.clone(),
-        desc: r.string("activity").map(|a| format!("Risk detected on a {a} activity")),
+        desc: r
+            .string("activity")
+            .map(|a| format!("Risk detected on a {a} activity")),
         created_time: created,
         modified_time: modified,
         first_seen_time: r.time("activityDateTime"),

@@ -34,7 +34,10 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
     let mut details = risk_types.join(", ");
     for key in ["riskState", "riskDetail"] {
         if let Some(v) = r.string(key) {
-            details.push_str(&format!("{}{key}: {v}", if details.is_empty() { "" } else { "; " }));
+            details.push_str(&format!(
+                "{}{key}: {v}",
+                if details.is_empty() { "" } else { "; " }
+            ));
         }
     }
     o.set("risk_details", details);
@@ -119,8 +122,14 @@ fn map(r: &mut Record, o: &mut Ocsf) -> Result<(), String> {
                     ("type_id", 0.into()),
                     ("uid", uid.into()),
                     ("name", name.into()),
-                    ("is_compliant", d.get("isCompliant").and_then(Value::as_bool).into()),
-                    ("is_managed", d.get("isManaged").and_then(Value::as_bool).into()),
+                    (
+                        "is_compliant",
+                        d.get("isCompliant").and_then(Value::as_bool).into(),
+                    ),
+                    (
+                        "is_managed",
+                        d.get("isManaged").and_then(Value::as_bool).into(),
+                    ),
                 ])),
             );
         }
