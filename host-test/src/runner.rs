@@ -6,6 +6,7 @@
 //! `Retry-After`, backoff, a spent call budget) go through the [`Clock`], so fixture replay
 //! runs them on virtual time.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
 use crate::state::{PollHealth, StateDb, StateError};
+use crate::wit::WitVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -222,14 +224,17 @@ pub struct Runner {
     version: String,
     poll_interval_secs: u32,
     routing: Vec<String>,
-    sink: Sink,
-    /// The component instance, kept only while polls follow each other at once (a
-    /// backfill's pages) or to the end of `run --once`: a wait in `run` and the end of a
-    /// turn in `serve` drop it, so an idle instance holds no store or linear
-    /// memory. (The connector keeps which windows it opened in memory: a fresh instance
-    /// per page would take each of its own windows for one resumed from an earlier
-    /// process.) The token outlives it in the host's token cache.
+    /// The output; a file is closed between turns (see [`Self::release_instance`]) and
+    /// opened again from `out` to deliver.
+    sink: Option<Sink>,
+    out: Option<std::path::PathBuf>,
+    /// A component instance kept between polls: only for components built for WIT 0.1,
+    /// which keep their access token in their own memory (a fresh instance per poll would
+    /// ask for a token at every poll). Later components keep it in the host's token cache
+    /// and get a fresh instance per poll, dropped when the poll ends: an idle instance
+    /// holds no store or linear memory.
     instance: Option<Instance>,
+    keep_instance: bool,
     /// Polls made, when recording (fixture replay).
     pub records: Option<Vec<PollRecord>>,
     /// The catch-up display of `run` on a terminal.
@@ -257,8 +262,10 @@ impl Runner {
             version: String::new(),
             poll_interval_secs: 0,
             routing,
-            sink,
+            out: sink.path().map(Path::to_path_buf),
+            sink: Some(sink),
             instance: None,
+            keep_instance: false,
             records: None,
             progress: None,
         };
@@ -270,7 +277,12 @@ impl Runner {
         runner.connector = metadata.name;
         runner.version = metadata.version;
         runner.poll_interval_secs = metadata.poll_interval_secs;
-        runner.instance = Some(runner.fresh_instance()?);
+        // Refuses a config the component refuses before anything is claimed or created.
+        let first = runner.fresh_instance()?;
+        runner.keep_instance = runner.setup.component.wit_version() == WitVersion::V0_1;
+        if runner.keep_instance {
+            runner.instance = Some(first);
+        }
         let now = runner.now_rfc3339();
         runner.claim = Some(Claim::take(
             &runner.setup.state,
@@ -310,11 +322,21 @@ impl Runner {
         self.setup.configured_instance()
     }
 
+    /// The output, opened again if it was closed.
+    fn sink(&mut self) -> Result<&mut Sink, SinkError> {
+        if self.sink.is_none()
+            && let Some(path) = &self.out
+        {
+            self.sink = Some(Sink::open(path)?);
+        }
+        Ok(self.sink.as_mut().expect("stdout is never closed"))
+    }
+
     /// A crash after the sink's fsync but before the delivered `seq` was recorded leaves
     /// lines in the file that the outbox still holds: skip them.
     fn reconcile_sink(&mut self) -> Result<(), RunError> {
         let name = self.setup.instance.clone();
-        let Some(in_file) = self.sink.last_seq(&name)? else {
+        let Some(in_file) = self.sink()?.last_seq(&name)? else {
             return Ok(());
         };
         let (last, delivered) = self.db().seqs(&name)?;
@@ -334,9 +356,10 @@ impl Runner {
         let name = self.setup.instance.clone();
         let generation = self.setup.reopen.load(Ordering::Relaxed);
         if generation != self.sink_generation {
-            if let Sink::File { path, .. } = &self.sink {
-                let path = path.clone();
-                self.sink = Sink::open(&path)?;
+            if let Some(path) = &self.out {
+                // Opened again below, whether or not it was open: a file closed between
+                // turns was still rotated away.
+                self.sink = None;
                 tracing::info!(instance = %name, out = %path.display(), "output file reopened");
             }
             self.sink_generation = generation;
@@ -345,7 +368,7 @@ impl Runner {
         let Some(&(last, _)) = lines.last() else {
             return Ok(0);
         };
-        self.sink.write(&lines)?;
+        self.sink()?.write(&lines)?;
         self.db().mark_delivered(&name, last)?;
         Ok(lines.len())
     }
@@ -427,8 +450,8 @@ impl Runner {
         if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
             r.wait_secs = wait.as_secs();
         }
-        // `run --once` keeps its instance to the end of its catch-up, waits included: the
-        // windows it opened are its own (see `instance`). Otherwise a wait drops it.
+        // A 0.1 component's instance holds its token: `run --once` keeps it to the end;
+        // otherwise a wait drops it like the end of a turn in `serve`.
         if !once && !wait.is_zero() {
             self.release_instance();
         }
@@ -442,10 +465,14 @@ impl Runner {
         Ok(Some(wait))
     }
 
-    /// Drops the component instance (its store and linear memory); the next poll makes a
-    /// fresh one. `serve` calls it at the end of each turn.
+    /// Drops what an idle instance need not hold: a kept component instance (its store
+    /// and linear memory) and the open output file. `serve` calls it at the end of each
+    /// turn, so 100,000 idle instances hold neither stores nor file descriptors.
     pub fn release_instance(&mut self) {
         self.instance = None;
+        if self.out.is_some() {
+            self.sink = None;
+        }
     }
 
     fn record(&mut self, record: PollRecord) {
@@ -482,7 +509,9 @@ impl Runner {
                 });
             }
         };
-        self.instance = Some(instance);
+        if self.keep_instance {
+            self.instance = Some(instance);
+        }
         let (requests, throttled) = (result.requests, result.throttled);
         let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
         // A failure whose last request could not connect is the network's, whatever the

@@ -86,6 +86,14 @@ impl Sink {
         })
     }
 
+    /// The file written to; `None` for stdout.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Sink::File { path, .. } => Some(path),
+            Sink::Stdout => None,
+        }
+    }
+
     /// The `seq` of the last line of `instance` already in the file, if any.
     pub fn last_seq(&mut self, instance: &str) -> Result<Option<u64>, SinkError> {
         match self {
