@@ -82,7 +82,9 @@ fn every_fixture_event_has_a_schema_valid_ocsf_form_naming_what_its_record_names
         for scenario in scenarios(connector) {
             for line in replayed(connector, &scenario, None) {
                 let what = format!("{connector}/{}: {}", scenario.display(), line["id"]);
-                let ocsf = line.get("ocsf").unwrap_or_else(|| panic!("{what}: no ocsf"));
+                let ocsf = line
+                    .get("ocsf")
+                    .unwrap_or_else(|| panic!("{what}: no ocsf"));
                 events += 1;
                 classes.insert(ocsf["class_uid"].as_u64().unwrap());
                 assert_eq!(ocsf["metadata"]["uid"], line["id"], "{what}");
@@ -103,13 +105,18 @@ fn every_fixture_event_has_a_schema_valid_ocsf_form_naming_what_its_record_names
     assert!(events > 100, "{events} events");
     // Alerts, incidents, risk and sign-ins, and the audit classes the fixtures hit.
     for class in [2004, 2005, 3002] {
-        assert!(classes.contains(&class), "no event of class {class}: {classes:?}");
+        assert!(
+            classes.contains(&class),
+            "no event of class {class}: {classes:?}"
+        );
     }
 }
 
 #[test]
 fn the_payload_stays_as_graph_sent_it_beside_the_ocsf_form() {
-    let fixture = connector_host::fixtures_dir().join("defender-alerts").join("backfill");
+    let fixture = connector_host::fixtures_dir()
+        .join("defender-alerts")
+        .join("backfill");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let options = ReplayOptions {
@@ -141,7 +148,9 @@ fn the_payload_stays_as_graph_sent_it_beside_the_ocsf_form() {
 
 #[test]
 fn normalize_false_leaves_the_ocsf_form_out() {
-    let fixture = connector_host::fixtures_dir().join("defender-alerts").join("backfill");
+    let fixture = connector_host::fixtures_dir()
+        .join("defender-alerts")
+        .join("backfill");
     let scenario: Value =
         serde_json::from_slice(&std::fs::read(fixture.join("scenario.json")).unwrap()).unwrap();
     let mut config = scenario["config"].clone();
