@@ -110,18 +110,18 @@ fn a_field_of_an_unexpected_type_stays_in_unmapped() {
         name: "typed",
         map: |r, o| {
             assert_eq!(r.string("title"), None);
-            assert_eq!(r.time("createdDateTime"), None);
+            assert_eq!(r.time("lastUpdateDateTime"), None);
             assert!(r.array("evidence").is_empty());
             minimal(r, o)
         },
     };
     let e = run(
         &mapping,
-        r#"{"id":"a","title":5,"createdDateTime":"yesterday","evidence":{"x":1}}"#,
+        r#"{"id":"a","title":5,"lastUpdateDateTime":"yesterday","evidence":{"x":1}}"#,
     )
     .unwrap();
     assert_eq!(
         e["unmapped"],
-        json!({"title": 5, "createdDateTime": "yesterday", "evidence": {"x": 1}})
+        json!({"title": 5, "lastUpdateDateTime": "yesterday", "evidence": {"x": 1}})
     );
 }
