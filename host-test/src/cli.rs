@@ -155,7 +155,8 @@ enum Command {
         /// fails there).
         #[arg(long, requires = "check")]
         online: bool,
-        /// Directory for event lines, one `<instance>.jsonl` per instance (default: stdout).
+        /// Directory for event lines, one `<instance>.jsonl` per instance (default, or `-`:
+        /// stdout).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on this
@@ -532,7 +533,8 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             }
             let state = state.expect("clap requires --state without --check");
             let mut options = ServeOptions::new(instances, state);
-            options.out = out;
+            // `-` is stdout, as for `run` (not a directory named "-").
+            options.out = out.filter(|o| o != Path::new("-"));
             options.rescan = Duration::from_secs(rescan_secs.max(1));
             options.workers = workers as usize;
             options.limits = (&limits).into();
