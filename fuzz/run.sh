@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 secs="${1:-60}"
 export RUSTC_BOOTSTRAP=1
-for target in config cursor page; do
+for target in config cursor page ocsf; do
     mkdir -p "corpus/$target"
     cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" 2>&1 | grep -E "^(#[0-9]+.*DONE|Done|==[0-9]+==|SUMMARY)" || true
 done

@@ -25,6 +25,8 @@ pub struct Config {
     /// How late Graph may show a record, when the user widened it beyond each data
     /// type's default (`late_arrival_minutes`).
     pub late_arrival_secs: Option<i64>,
+    /// Events carry their OCSF form (`normalize`, on unless set to false).
+    pub normalize: bool,
 }
 
 pub(crate) fn error(
@@ -153,6 +155,8 @@ pub fn parse(document: &str) -> Result<(Config, Options), ConfigError> {
         }
     };
 
+    let normalize = o.bool("normalize")?.unwrap_or(true);
+
     Ok((
         Config {
             tenant_id,
@@ -163,6 +167,7 @@ pub fn parse(document: &str) -> Result<(Config, Options), ConfigError> {
             backfill_days,
             routing,
             late_arrival_secs,
+            normalize,
         },
         o,
     ))
@@ -295,7 +300,8 @@ pub fn schema(connector_properties: Value, required_extra: &[&str], clouds: &[Cl
         "login_url": {"type": "string", "format": "uri", "description": "Overrides the login authority base URL, e.g. https://login.microsoftonline.com"},
         "backfill_days": {"type": "integer", "minimum": 0, "maximum": MAX_BACKFILL_DAYS, "default": DEFAULT_BACKFILL_DAYS, "description": "Lookback on the first poll; fixed once the instance has state"},
         "late_arrival_minutes": {"type": "integer", "minimum": 0, "maximum": MAX_LATE_ARRIVAL_MINUTES, "description": "How late Graph may show a record: each window reaches back this far, so records that appear late are still delivered. Only widens each data type's default (directory audits and sign-ins 20, the others 15)"},
-        "routing": {"type": "array", "items": {"enum": ROUTES}, "minItems": 1, "uniqueItems": true, "default": ROUTES, "description": "Where events go"}
+        "routing": {"type": "array", "items": {"enum": ROUTES}, "minItems": 1, "uniqueItems": true, "default": ROUTES, "description": "Where events go"},
+        "normalize": {"type": "boolean", "default": true, "description": format!("Each event also carries its OCSF {} form (`ocsf`) beside the raw record; false leaves it out", crate::ocsf::OCSF_VERSION)}
     });
     if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), connector_properties) {
         p.extend(extra);

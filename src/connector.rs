@@ -46,6 +46,9 @@ pub struct DataType {
     /// P2`), named by `validate` when Graph answers that the tenant lacks it; `None` when
     /// the API needs none.
     pub licence: Option<&'static str>,
+    /// How the list's records become OCSF events (the connector's per-type table);
+    /// `None` delivers them without `ocsf`.
+    pub ocsf: Option<crate::ocsf::Mapping>,
 }
 
 /// Lists that Graph throttles together, per app and tenant, and how.
@@ -90,6 +93,7 @@ impl DataType {
             max_depth: 0,
             family: &UNLIMITED,
             licence: None,
+            ocsf: None,
         }
     }
 
@@ -124,6 +128,12 @@ impl DataType {
     /// The list is throttled with the other lists of `family`.
     pub const fn throttled_as(mut self, family: &'static Family) -> Self {
         self.family = family;
+        self
+    }
+
+    /// Records are also delivered in OCSF form, as `mapping` builds it.
+    pub const fn normalized(mut self, mapping: crate::ocsf::Mapping) -> Self {
+        self.ocsf = Some(mapping);
         self
     }
 

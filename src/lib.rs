@@ -17,6 +17,7 @@ pub mod cursor;
 pub mod dedup;
 pub mod graph;
 mod health;
+pub mod ocsf;
 pub mod platform;
 pub mod retry;
 #[doc(hidden)]

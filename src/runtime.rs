@@ -57,7 +57,7 @@ pub fn describe<C: Connector>() -> Metadata {
     Metadata {
         name: C::NAME.into(),
         version: C::VERSION.into(),
-        description: C::DESCRIPTION.into(),
+        description: describe_ocsf(C::DESCRIPTION, C::DATA_TYPES),
         event_kinds: C::DATA_TYPES.iter().map(|t| t.kind.to_string()).collect(),
         permissions,
         config_schema: config::schema(C::config_properties(), C::required_keys(), C::CLOUDS)
@@ -65,6 +65,24 @@ pub fn describe<C: Connector>() -> Metadata {
         secrets: vec![crate::auth::CLIENT_SECRET.into()],
         poll_interval_secs: C::POLL_INTERVAL_SECS,
     }
+}
+
+/// The description, with the OCSF version and class of each normalized kind, e.g.
+/// "Events also carry their OCSF 1.8.0 form (`ocsf`): defender.alert → Detection Finding."
+fn describe_ocsf(description: &str, types: &[crate::connector::DataType]) -> String {
+    let classes: Vec<&str> = types
+        .iter()
+        .filter_map(|t| t.ocsf.map(|m| m.name))
+        .collect();
+    if classes.is_empty() {
+        return description.into();
+    }
+    format!(
+        "{}. Events also carry their OCSF {} form (`ocsf`): {}.",
+        description.trim_end_matches('.'),
+        crate::ocsf::OCSF_VERSION,
+        classes.join("; ")
+    )
 }
 
 impl Instance {

@@ -201,6 +201,8 @@ impl Instance {
         s.read += page.records.len() as u64;
         let (mut events, mut skipped, mut repeated, mut outside) =
             (Vec::with_capacity(page.records.len()), 0, 0, 0);
+        let mapping = t.ocsf.filter(|_| self.config.normalize);
+        let mut normalizer = crate::ocsf::PageNormalizer::default();
         for record in page.records {
             let Some([id, window, time]) = record.fields else {
                 skipped += 1;
@@ -236,6 +238,15 @@ impl Instance {
             }
             // When the time field is the window field, the reader fills only one of them.
             let timestamp = time.unwrap_or(window).into_owned();
+            let ocsf = mapping.as_ref().and_then(|m| {
+                let source = crate::ocsf::Source {
+                    kind: t.kind,
+                    path: t.path,
+                    timestamp: &timestamp,
+                    time_field: t.time_field,
+                };
+                normalizer.event(m, source, record.raw)
+            });
             events.push(Event {
                 id: id.into_owned(),
                 version,
@@ -243,7 +254,11 @@ impl Instance {
                 timestamp,
                 payload: record.raw.to_string(),
                 incomplete: incomplete.clone(),
+                ocsf,
             });
+        }
+        if let Some(warning) = normalizer.warning(t.name) {
+            p.log(Level::Warn, &warning);
         }
         if skipped > 0 {
             p.log(

@@ -399,6 +399,26 @@ fn per_event_cost(
     );
 }
 
+/// What the OCSF form costs per event: the same component and page polled with
+/// normalization on (the default) and off (`"normalize": false`, the raw path), side by
+/// side, and the ratio.
+fn normalization_cost(component: &LoadedComponent, label: &str, page: &[u8], extra: Value) {
+    let iterations = 20;
+    let mut off = extra.clone();
+    off["normalize"] = json!(false);
+    let _ = wasm_poll(component, page, off.clone(), 2);
+    let _ = wasm_poll(component, page, extra.clone(), 2);
+    let (raw, events) = wasm_poll(component, page, off, iterations);
+    let (normalized, n) = wasm_poll(component, page, extra, iterations);
+    assert_eq!(events, n);
+    println!(
+        "OCSF normalization, {label} ({events} records): raw {:.1} us/event, with ocsf {:.1} us/event, ratio {:.2}x",
+        raw.as_secs_f64() * 1e6 / events as f64,
+        normalized.as_secs_f64() * 1e6 / events as f64,
+        normalized.as_secs_f64() / raw.as_secs_f64()
+    );
+}
+
 fn end_to_end(component: &LoadedComponent) {
     let page = alerts_page(2000);
     let dir = std::env::temp_dir().join(format!("connector-bench-{}", std::process::id()));
@@ -523,6 +543,32 @@ fn main() {
         println!("wasm poll of {n} alerts: {:.1} ms", t.as_secs_f64() * 1e3);
         return;
     }
+    if std::env::args().any(|a| a == "ocsf-only") {
+        // Just the cost of the OCSF form (`-- ocsf-only`), and the component sizes.
+        let engine =
+            HostEngine::new(Some(std::env::temp_dir().join("connector-bench-cache"))).unwrap();
+        for name in ["defender-alerts", "defender-incidents", "entra"] {
+            let size = std::fs::metadata(component_path(name))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            println!("component size, {name}: {size} bytes");
+        }
+        let alerts = engine.load(&component_path("defender-alerts")).unwrap();
+        let incidents = engine.load(&component_path("defender-incidents")).unwrap();
+        normalization_cost(
+            &alerts,
+            "alerts page of 2,000",
+            &alerts_page(2000),
+            json!({}),
+        );
+        normalization_cost(
+            &incidents,
+            "incidents page of 50 with 2 alerts each",
+            &incidents_page(50),
+            json!({"include_alerts": true}),
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "memory-layouts") {
         memory_layouts();
         return;
@@ -537,7 +583,7 @@ fn main() {
     for name in ["defender-alerts", "defender-incidents", "entra"] {
         let path = component_path(name);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!("component size, {name}: {size} bytes (budget <= 300 KB)");
+        println!("component size, {name}: {size} bytes (budget <= 1 MiB)");
     }
     let alerts = engine.load(&component_path("defender-alerts")).unwrap();
     let incidents = engine.load(&component_path("defender-incidents")).unwrap();
@@ -561,6 +607,18 @@ fn main() {
         &incidents_page(50),
         json!({"include_alerts": true}),
         native_poll::<NativeIncidents>,
+    );
+    normalization_cost(
+        &alerts,
+        "alerts page of 2,000",
+        &alerts_page(2000),
+        json!({}),
+    );
+    normalization_cost(
+        &incidents,
+        "incidents page of 50 with 2 alerts each",
+        &incidents_page(50),
+        json!({"include_alerts": true}),
     );
     end_to_end(&alerts);
     cold_start_and_memory(&engine, &component_path("defender-alerts"));

@@ -694,7 +694,8 @@ impl Runner {
                         timestamp: &e.timestamp,
                         routing: &routing,
                         incomplete: e.incomplete.as_deref(),
-                        payload: &payloads[i],
+                        payload: &payloads[i].0,
+                        ocsf: payloads[i].1.as_deref(),
                     })
                     .expect("an event line serializes")
                 },
@@ -777,7 +778,10 @@ fn degraded_of(
         .collect()
 }
 
-fn checked_payload(e: &Event) -> Result<Box<RawValue>, String> {
+/// The event's payload and OCSF form as they go on its line: both must be JSON objects.
+type Checked = (Box<RawValue>, Option<Box<RawValue>>);
+
+fn checked_payload(e: &Event) -> Result<Checked, String> {
     if e.id.is_empty() || e.kind.is_empty() {
         return Err(format!(
             "the connector returned an event without id or kind (kind {:?}, id {:?}); nothing \
@@ -785,14 +789,21 @@ fn checked_payload(e: &Event) -> Result<Box<RawValue>, String> {
             e.kind, e.id
         ));
     }
-    match RawValue::from_string(e.payload.clone()) {
+    let object = |text: &str, what: &str| match RawValue::from_string(text.to_string()) {
         Ok(raw) if raw.get().trim_start().starts_with('{') => Ok(raw),
         _ => Err(format!(
-            "the connector returned event {} whose payload is not a JSON object; nothing of \
+            "the connector returned event {} whose {what} is not a JSON object; nothing of \
              this poll was committed",
             e.id
         )),
-    }
+    };
+    let payload = object(&e.payload, "payload")?;
+    let ocsf = e
+        .ocsf
+        .as_deref()
+        .map(|o| object(o, "OCSF form"))
+        .transpose()?;
+    Ok((payload, ocsf))
 }
 
 fn secs(s: u32) -> Duration {

@@ -28,6 +28,10 @@ pub struct EventLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<&'a str>,
     pub payload: &'a RawValue,
+    /// The record normalized to OCSF, beside the raw one; absent when the component does
+    /// not normalize (a 0.1 component, or `"normalize": false`), so such lines are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsf: Option<&'a RawValue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +242,7 @@ mod tests {
                 routing: &[],
                 incomplete,
                 payload: &payload,
+                ocsf: None,
             })
             .unwrap()
         };

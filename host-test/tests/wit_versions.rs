@@ -87,6 +87,10 @@ fn the_0_1_0_alerts_component_validates_and_delivers_every_alert_version_once() 
         lines.iter().all(|l| l.get("incomplete").is_none()),
         "a 0.1 event is never incomplete"
     );
+    assert!(
+        lines.iter().all(|l| l.get("ocsf").is_none()),
+        "a 0.1 component does not normalize: its events have no `ocsf`"
+    );
     let status = run_host(&["status", "--state", &files.path("state.db")]);
     assert!(status.status.success(), "{}", text(&status.stderr));
     assert!(

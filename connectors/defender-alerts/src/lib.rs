@@ -6,6 +6,10 @@ use secops_connector::budget::families;
 use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
+mod ocsf;
+#[cfg(test)]
+mod tests;
+
 /// `serviceSource` values Graph documents for alerts.
 const SERVICE_SOURCES: &[&str] = &[
     "unknown",
@@ -40,7 +44,8 @@ const ALERTS: DataType = DataType::new(
 .versioned_by("lastUpdateDateTime")
 .counted(500)
 .late_by(15 * 60)
-.throttled_as(&families::SECURITY_ALERTS);
+.throttled_as(&families::SECURITY_ALERTS)
+.normalized(ocsf::MAPPING);
 
 struct DefenderAlerts;
 

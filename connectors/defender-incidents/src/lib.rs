@@ -7,6 +7,10 @@ use secops_connector::budget::families;
 use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
+mod ocsf;
+#[cfg(test)]
+mod tests;
+
 // Graph refuses $top above 50 with a 400 ("The limit of '50' for Top query has been
 // exceeded", observed by Wazuh; Elastic and XSOAR also use 50). Windows are split to hold at
 // most 50 incidents, one page: no $skip paging at all, which can skip a record unseen when
@@ -26,7 +30,8 @@ const INCIDENTS: DataType = DataType::new(
 .versioned_by("lastUpdateDateTime")
 .counted(50)
 .late_by(15 * 60)
-.throttled_as(&families::INCIDENTS);
+.throttled_as(&families::INCIDENTS)
+.normalized(ocsf::MAPPING);
 
 struct DefenderIncidents;
 

@@ -6,6 +6,10 @@ use secops_connector::budget::families;
 use secops_connector::types::ConfigError;
 use secops_connector::{Connector, DataType, Options, Query, json, register_connector};
 
+mod ocsf;
+#[cfg(test)]
+mod tests;
+
 // Audit records never change (`version` empty). No `$top`, as Splunk's add-on sends none
 // (pages of 1,000 observed); the only list here that documents `$orderby`. Audit records
 // appear typically within 15 minutes (Microsoft): windows reach back 20.
@@ -20,7 +24,8 @@ const DIRECTORY_AUDITS: DataType = DataType::new(
 )
 .ordered()
 .late_by(20 * 60)
-.throttled_as(&families::AUDIT_LOGS);
+.throttled_as(&families::AUDIT_LOGS)
+.normalized(ocsf::DIRECTORY_AUDIT);
 
 // 1,000 is the documented default and maximum page size. Sign-ins appear about 15 minutes
 // late (Wazuh, Splunk users): windows reach back 20.
@@ -36,7 +41,8 @@ const RISKY_SIGN_INS: DataType = DataType::new(
 )
 .late_by(20 * 60)
 .throttled_as(&families::AUDIT_LOGS)
-.licensed("Microsoft Entra ID P1 or P2 for sign-in logs, P2 for their risk fields");
+.licensed("Microsoft Entra ID P1 or P2 for sign-in logs, P2 for their risk fields")
+.normalized(ocsf::RISKY_SIGN_IN);
 
 /// Sign-ins Identity Protection assessed as risky. The reference documents `eq` on
 /// `riskLevelDuringSignIn`; the clauses are joined with `or`. The risk fields need Entra ID
@@ -55,7 +61,8 @@ const RISKY_USERS: DataType = DataType::new(
 )
 .versioned_by("riskLastUpdatedDateTime")
 .throttled_as(&families::IDENTITY_PROTECTION)
-.licensed("Microsoft Entra ID P2");
+.licensed("Microsoft Entra ID P2")
+.normalized(ocsf::RISKY_USER);
 
 // Windowed on the last update so a detection whose state changes comes again; the event
 // time is the risky activity's. 500 is the maximum page size (501 fails).
@@ -69,7 +76,8 @@ const RISK_DETECTIONS: DataType = DataType::new(
 )
 .versioned_by("lastUpdatedDateTime")
 .throttled_as(&families::IDENTITY_PROTECTION)
-.licensed("Microsoft Entra ID P1 or P2");
+.licensed("Microsoft Entra ID P1 or P2")
+.normalized(ocsf::RISK_DETECTION);
 
 const TYPES: &[DataType] = &[
     DIRECTORY_AUDITS,

@@ -84,6 +84,8 @@ impl Guest for Misbehave {
                         payload: payload.clone(),
                         incomplete: (first_degraded && i == 0)
                             .then(|| "alerts not read: $expand=alerts keeps failing".into()),
+                        // A test component's records have no OCSF class.
+                        ocsf: None,
                     })
                     .collect();
                 let degraded = if first_degraded {

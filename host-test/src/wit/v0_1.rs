@@ -110,6 +110,7 @@ fn event(e: types::Event) -> new::Event {
         timestamp: e.timestamp,
         payload: e.payload,
         incomplete: None,
+        ocsf: None,
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod graph_sim;
+pub mod ocsf;
 pub mod postgres;
 
 use std::collections::BTreeMap;
@@ -65,13 +66,16 @@ pub fn write_json(path: &Path, value: &serde_json::Value) {
     std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
 }
 
-/// Event lines of an `--out` file, parsed.
+/// Event lines of an `--out` file, parsed; each line's OCSF form is validated against
+/// its class schema on the way.
 pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-        .collect()
+        .collect();
+    lines.iter().for_each(ocsf::assert_valid);
+    lines
 }
 
 /// Asserts `out` holds the current version of every alert, no (id, version) twice, no
