@@ -369,7 +369,9 @@ impl Runner {
             delivered += n;
             rest = &rest[n..];
         }
-        if self.sink_held.take().is_some() {
+        // Only an acknowledgement (or nothing to send) shows the sink works again: lines
+        // a batching sink holds back were not tried.
+        if (delivered > 0 || lines.is_empty()) && self.sink_held.take().is_some() {
             tracing::info!(instance = %name, sink = %self.sink.describe(),
                 "the sink takes events again");
         }
@@ -427,16 +429,21 @@ impl Runner {
     /// Before a poll, a held sink is tried again; with `sink_max_lag` events waiting the
     /// poll is skipped and the wait before the next try returned.
     fn pause_for_sink(&mut self, interval: Duration) -> Result<Option<Duration>, RunError> {
-        if self.sink_held.is_none() {
+        let name = self.setup.instance.clone();
+        let lag = |runner: &Self| -> Result<u64, RunError> {
+            let (last, delivered) = runner.db().seqs(&name)?;
+            Ok(last.saturating_sub(delivered))
+        };
+        // A batching sink may hold lines back without trying them: at the bound it must
+        // try, so the outbox stops there whatever the reason the lines wait.
+        if self.sink_held.is_none() && lag(self)? < self.setup.sink_max_lag {
             return Ok(None);
         }
         self.deliver_or_record(true)?;
+        let lag = lag(self)?;
         let Some(held) = &self.sink_held else {
             return Ok(None);
         };
-        let name = self.setup.instance.clone();
-        let (last, delivered) = self.db().seqs(&name)?;
-        let lag = last.saturating_sub(delivered);
         if lag < self.setup.sink_max_lag {
             return Ok(None);
         }

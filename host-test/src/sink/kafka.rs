@@ -103,26 +103,29 @@ impl ProducerContext for Reports {
 }
 
 impl KafkaSink {
-    pub fn connect(url: &url::Url, instance: &str, secrets: &Secrets) -> Result<Self, SinkError> {
-        let raw = url.as_str();
-        let brokers = raw
-            .strip_prefix("kafka://")
-            .unwrap_or("")
-            .split(['/', '?', '#'])
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let shown = match url.query() {
-            Some(q) => format!("kafka://{brokers}?{q}"),
-            None => format!("kafka://{brokers}"),
+    /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`.
+    pub fn connect(rest: &str, instance: &str, secrets: &Secrets) -> Result<Self, SinkError> {
+        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let brokers = brokers.trim_end_matches('/').to_string();
+        let shown = if query.is_empty() {
+            format!("kafka://{brokers}")
+        } else {
+            format!("kafka://{brokers}?{query}")
         };
         let config_error = |message: String| SinkError::Config {
             sink: shown.clone(),
             message,
         };
-        if brokers.is_empty() {
+        let valid = |b: &str| {
+            b.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains(['@', '/', '#']) && port.parse::<u16>().is_ok()
+            })
+        };
+        if brokers.is_empty() || !brokers.split(',').all(valid) {
             return Err(config_error(
-                "no broker: give kafka://<host>:<port>[,<host>:<port>…]".into(),
+                "give the brokers as kafka://<host>:<port>[,<host>:<port>…] (credentials \
+                 belong in the secrets, not the URL)"
+                    .into(),
             ));
         }
         let mut config = ClientConfig::new();
@@ -134,7 +137,7 @@ impl KafkaSink {
             .set("message.timeout.ms", "30000");
         let mut topic = DEFAULT_TOPIC.to_string();
         let mut protocol = None;
-        for (key, value) in url.query_pairs() {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "topic" => topic = value.into_owned(),
                 "sasl.password" | "ssl.key.password" => {
@@ -409,7 +412,7 @@ mod tests {
     fn passwords_in_the_url_and_unknown_options_are_refused() {
         let secrets = Secrets::default();
         let err = |u: &str| {
-            KafkaSink::connect(&url::Url::parse(u).unwrap(), "t", &secrets)
+            KafkaSink::connect(u.strip_prefix("kafka://").unwrap(), "t", &secrets)
                 .err()
                 .unwrap()
                 .to_string()
@@ -417,5 +420,7 @@ mod tests {
         assert!(err("kafka://127.0.0.1:9092?sasl.password=x").contains("sink-sasl-password"));
         assert!(err("kafka://127.0.0.1:9092?acks=1").contains("unknown option acks"));
         assert!(err("kafka://127.0.0.1:9092?topic=a%20b").contains("a topic name"));
+        assert!(err("kafka://user:pw@127.0.0.1:9092").contains("give the brokers"));
+        assert!(err("kafka://127.0.0.1").contains("give the brokers"));
     }
 }

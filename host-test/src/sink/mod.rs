@@ -100,6 +100,10 @@ impl Sink {
             sink: url.to_string(),
             message,
         };
+        // A broker list (`a:9092,b:9092`) is no URL host: the Kafka sink reads it itself.
+        if let Some(rest) = url.strip_prefix("kafka://") {
+            return kafka::KafkaSink::connect(rest, instance, secrets).map(Sink::Kafka);
+        }
         let parsed = url::Url::parse(url).map_err(|e| {
             config(format!(
                 "not a URL ({e}); give kafka://<broker>:<port>?topic=… or https://<host>/<path>"
@@ -113,7 +117,6 @@ impl Sink {
             ));
         }
         match parsed.scheme() {
-            "kafka" => kafka::KafkaSink::connect(&parsed, instance, secrets).map(Sink::Kafka),
             "https" | "http" => webhook::WebhookSink::new(&parsed, secrets).map(Sink::Webhook),
             other => Err(config(format!(
                 "unknown scheme {other}: a sink is kafka://… or https://… (a file is --out)"
