@@ -4,7 +4,6 @@
 //! and librdkafka's mock Kafka cluster, in one run, with the cost per event as a ratio to
 //! the file sink. Run: `cargo bench -p connector-host --bench sinks`.
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,7 +67,10 @@ fn deliver(sink: &mut Sink, state: &Arc<Mutex<StateDb>>) -> Duration {
         rest = &rest[n..];
     }
     let elapsed = started.elapsed();
-    assert_eq!(state.lock().unwrap().seqs("bench").unwrap(), (EVENTS as u64, EVENTS as u64));
+    assert_eq!(
+        state.lock().unwrap().seqs("bench").unwrap(),
+        (EVENTS as u64, EVENTS as u64)
+    );
     elapsed
 }
 
@@ -102,9 +104,8 @@ fn main() {
     for max_events in [500, 5000] {
         let state = outbox(dir.path(), &format!("webhook-{max_events}"));
         let url = format!("http://127.0.0.1:{port}/in#format=ndjson&max_events={max_events}");
-        let secrets = Secrets::from_map(
-            [("sink-hmac-secret".to_string(), "bench".to_string())].into(),
-        );
+        let secrets =
+            Secrets::from_map([("sink-hmac-secret".to_string(), "bench".to_string())].into());
         let mut sink = Sink::connect(&url, "bench", &secrets).unwrap();
         let name = if max_events == 500 {
             "webhook, 500 events per POST, HMAC-signed"

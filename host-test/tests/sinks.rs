@@ -114,11 +114,11 @@ impl Receiver {
                     || signature != format!("sha256={expected}")
                 {
                     (401, false)
-                } else if faults && n % 5 == 0 {
+                } else if faults && n.is_multiple_of(5) {
                     (429, false)
-                } else if faults && n % 7 == 0 {
+                } else if faults && n.is_multiple_of(7) {
                     (500, false)
-                } else if faults && n % 9 == 0 {
+                } else if faults && n.is_multiple_of(9) {
                     (503, true)
                 } else {
                     (200, true)
@@ -132,9 +132,7 @@ impl Receiver {
                 }
                 let mut response = tiny_http::Response::from_string("").with_status_code(status);
                 if status == 429 {
-                    response.add_header(
-                        tiny_http::Header::from_bytes("Retry-After", "1").unwrap(),
-                    );
+                    response.add_header(tiny_http::Header::from_bytes("Retry-After", "1").unwrap());
                 }
                 let _ = request.respond(response);
             }
@@ -290,7 +288,12 @@ fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable()
     let receiver = Receiver::start(0, true);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3");
-    let args = run_args(&tenant, &sink, false, &["--log-level", "warn", "--interval", "1"]);
+    let args = run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--log-level", "warn", "--interval", "1"],
+    );
     kill_repeatedly(&args, 20, &mut rng, &sim);
     run_to_end(&run_args(&tenant, &sink, true, &["--log-level", "warn"]));
 
@@ -310,8 +313,15 @@ fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable()
         .iter()
         .flat_map(|p| {
             let batch: Vec<Value> = serde_json::from_slice(&p.body).unwrap();
-            let (first, last) = (batch[0]["seq"].as_u64().unwrap(), batch.last().unwrap()["seq"].as_u64().unwrap());
-            assert_eq!(p.key, format!("tenant:{first}-{last}"), "key names the seq range");
+            let (first, last) = (
+                batch[0]["seq"].as_u64().unwrap(),
+                batch.last().unwrap()["seq"].as_u64().unwrap(),
+            );
+            assert_eq!(
+                p.key,
+                format!("tenant:{first}-{last}"),
+                "key names the seq range"
+            );
             assert!(batch.len() <= 7, "max_events holds");
             batch
                 .into_iter()
@@ -400,7 +410,10 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
     let row = status_json(&state).remove(0);
     assert_eq!(row["last_error_code"], "delivery", "{row}");
     assert!(
-        row["last_error"].as_str().unwrap().contains("does not take events now"),
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not take events now"),
         "{row}"
     );
     let held = row["undelivered"].as_u64().unwrap();
@@ -480,7 +493,10 @@ fn a_webhook_refusing_the_credentials_stops_with_the_cause_and_marks_nothing_del
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused the events: HTTP 401"), "{stderr}");
     assert!(stderr.contains("sink-bearer-token"), "{stderr}");
-    assert!(!stderr.contains("a-wrong-token") && !stderr.contains(HMAC_SECRET), "{stderr}");
+    assert!(
+        !stderr.contains("a-wrong-token") && !stderr.contains(HMAC_SECRET),
+        "{stderr}"
+    );
     assert!(receiver.posts().is_empty());
     let rows = status_json(&tenant.path("state.db"));
     assert!(rows[0]["undelivered"].as_u64().unwrap() > 0, "{rows:?}");
@@ -543,7 +559,12 @@ fn kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
     let sim = sim_with_alerts();
     let tenant = Tenant::new(&sim);
     let sink = format!("kafka://{bootstrap}?topic=secops.{{kind}}");
-    let args = run_args(&tenant, &sink, false, &["--log-level", "warn", "--interval", "1"]);
+    let args = run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--log-level", "warn", "--interval", "1"],
+    );
     kill_repeatedly(&args, 20, &mut rng, &sim);
     run_to_end(&run_args(&tenant, &sink, true, &["--log-level", "warn"]));
 
@@ -562,11 +583,7 @@ fn kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
     }
     let lines = check_lines(&lines);
     check_against_tenant(&lines, &sim);
-    eprintln!(
-        "kafka: {} records for {} lines",
-        records.len(),
-        lines.len()
-    );
+    eprintln!("kafka: {} records for {} lines", records.len(), lines.len());
     let rows = status_json(&tenant.path("state.db"));
     assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
 }
@@ -612,7 +629,12 @@ fn a_kafka_cluster_that_is_down_holds_delivery_and_loses_nothing() {
     let sim = sim_with_alerts();
     let tenant = Tenant::new(&sim);
     let sink = format!("kafka://{bootstrap}?message.timeout.ms=2000");
-    let args = run_args(&tenant, &sink, false, &["--interval", "1", "--sink-max-lag", "30"]);
+    let args = run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--interval", "1", "--sink-max-lag", "30"],
+    );
     let log = tenant.dir.path().join("run.log");
     let mut run = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::null())

@@ -160,9 +160,12 @@ impl KafkaSink {
                 }
             }
         }
-        if topic.is_empty() || topic.replace("{kind}", "x").chars().any(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        }) {
+        if topic.is_empty()
+            || topic
+                .replace("{kind}", "x")
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
             return Err(config_error(format!(
                 "topic {topic:?}: a topic name has letters, digits, '.', '_', '-' (and {{kind}})"
             )));
@@ -329,7 +332,10 @@ fn classify(
         Some(Err(e)) => Some(e),
         _ => None,
     };
-    if let Some(e) = delivery.as_ref().filter(|e| refused(e.rdkafka_error_code())) {
+    if let Some(e) = delivery
+        .as_ref()
+        .filter(|e| refused(e.rdkafka_error_code()))
+    {
         return SinkError::Rejected {
             sink,
             cause: format!(
@@ -338,7 +344,10 @@ fn classify(
             ),
         };
     }
-    if let Some((e, reason)) = client_error.as_ref().filter(|(e, _)| refused(e.rdkafka_error_code())) {
+    if let Some((e, reason)) = client_error
+        .as_ref()
+        .filter(|(e, _)| refused(e.rdkafka_error_code()))
+    {
         return SinkError::Rejected {
             sink,
             cause: format!(
@@ -348,7 +357,9 @@ fn classify(
     }
     let cause = match (delivery, client_error) {
         (Some(e), _) => e.to_string(),
-        (None, Some((e, reason))) => format!("no delivery report in time; last error {e}: {reason}"),
+        (None, Some((e, reason))) => {
+            format!("no delivery report in time; last error {e}: {reason}")
+        }
         (None, None) => "no delivery report in time".into(),
     };
     SinkError::Unavailable {
@@ -405,7 +416,10 @@ mod tests {
             r#"{"seq":7,"instance":"contoso","kind":"defender.alert","id":"da1","version":"v2"}"#,
         );
         assert_eq!(r.key, "contoso/defender.alert/da1");
-        assert_eq!((r.kind.as_str(), r.instance.as_str()), ("defender.alert", "contoso"));
+        assert_eq!(
+            (r.kind.as_str(), r.instance.as_str()),
+            ("defender.alert", "contoso")
+        );
     }
 
     #[test]

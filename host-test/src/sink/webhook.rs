@@ -334,8 +334,8 @@ pub fn body(format: Format, lines: &[(u64, String)]) -> Vec<u8> {
 
 /// `sha256=<hex>` of the body's HMAC-SHA256 under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes a key of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let mut out = String::with_capacity(7 + 64);
@@ -375,8 +375,16 @@ mod tests {
         let l = lines(5..=9);
         assert_eq!(resumed_len(&l, 5, 7), Some(3));
         assert_eq!(resumed_len(&l, 5, 9), Some(5));
-        assert_eq!(resumed_len(&l, 5, 12), None, "not all committed lines there");
-        assert_eq!(resumed_len(&l, 3, 7), None, "starts before the undelivered lines");
+        assert_eq!(
+            resumed_len(&l, 5, 12),
+            None,
+            "not all committed lines there"
+        );
+        assert_eq!(
+            resumed_len(&l, 3, 7),
+            None,
+            "starts before the undelivered lines"
+        );
         assert_eq!(resumed_len(&l, 7, 5), None);
     }
 
