@@ -179,6 +179,13 @@ pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleEr
     ] {
         tx.execute(table, [instance]).map_err(sql)?;
     }
+    // A network sink's batch and error count; the table exists once a sink wrote it.
+    match tx.execute("DELETE FROM sink_progress WHERE instance = ?1", [instance]) {
+        Err(e) if e.to_string().contains("no such table") => {}
+        other => {
+            other.map_err(sql)?;
+        }
+    }
     tx.commit().map_err(sql)?;
     Ok(forgotten)
 }
