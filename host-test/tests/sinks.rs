@@ -1,6 +1,6 @@
 //! Network sinks against protocol peers started by the tests: a loopback HTTP receiver
 //! that fails some requests (429 with Retry-After, 500, a batch taken but answered 503 as
-//! if the answer were lost) and librdkafka's mock Kafka cluster. The host is killed with
+//! if the answer were lost, a connection dropped) and librdkafka's mock Kafka cluster. The host is killed with
 //! SIGKILL at random moments during delivery; afterwards every event is there at least
 //! once and every repeat is recognisable (the same idempotency key and body; the same
 //! key, value and `seq` header). A sink that is down holds delivery and shows in `status`
@@ -68,7 +68,8 @@ struct Post {
 /// A loopback webhook receiver. It checks the signature and bearer token of every request
 /// (a wrong one is answered 401) and fails requests by their number: every 5th gets 429
 /// with `Retry-After: 1`, every 7th 500, every 9th is taken but answered 503 (the
-/// endpoint processed it, the answer was lost).
+/// endpoint processed it, the answer was lost), every 11th is taken and its connection
+/// dropped without an answer.
 struct Receiver {
     port: u16,
     posts: Arc<Mutex<Vec<Post>>>,
@@ -120,6 +121,15 @@ impl Receiver {
                     (500, false)
                 } else if faults && n.is_multiple_of(9) {
                     (503, true)
+                } else if faults && n.is_multiple_of(11) {
+                    // Taken, then the connection dropped without an answer.
+                    p.lock().unwrap().push(Post {
+                        key,
+                        body,
+                        acknowledged: false,
+                    });
+                    drop(request.into_writer());
+                    continue;
                 } else {
                     (200, true)
                 };
@@ -287,7 +297,7 @@ fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable()
     let sim = sim_with_alerts();
     let receiver = Receiver::start(0, true);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
-    let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3");
+    let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
     let args = run_args(
         &tenant,
         &sink,
@@ -295,7 +305,10 @@ fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable()
         &["--log-level", "warn", "--interval", "1"],
     );
     kill_repeatedly(&args, 20, &mut rng, &sim);
-    run_to_end(&run_args(&tenant, &sink, true, &["--log-level", "warn"]));
+    // `run --once` does not hold lines for a sink that fails: a longer retry budget lets
+    // it outlast the receiver's faults.
+    let patient = receiver.url("max_events=7&max_wait_ms=50&retry_secs=60&timeout_secs=2");
+    run_to_end(&run_args(&tenant, &patient, true, &["--log-level", "warn"]));
 
     let posts = receiver.posts();
     // A batch sent again is the same batch: one body per idempotency key.
