@@ -45,6 +45,9 @@ pub enum Code {
     Throttled,
     Transient,
     Failing,
+    /// The token endpoint refused the app (wrong or expired secret, app removed): the
+    /// host reports it as `auth`, which an operator fixes differently from `failing`.
+    Auth,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -132,6 +135,14 @@ impl TypeHealth {
         self.last = None;
     }
 
+    /// The failure that keeps this data type waiting out a backoff, if it is waiting for
+    /// one (not for Graph's throttling, which is a wait, not a failure).
+    pub fn held_by_failure(&self, now: Timestamp) -> Option<&(Code, String)> {
+        self.last
+            .as_ref()
+            .filter(|(code, _)| *code != Code::Throttled && self.wait_millis(now) > 0)
+    }
+
     pub fn failed(&mut self, now: Timestamp, wait_secs: u32, code: Code, message: String) {
         self.resume_at = Some(now.unix_millis() + i64::from(wait_secs) * 1000);
         self.last = Some((code, message));
@@ -143,7 +154,7 @@ impl TypeHealth {
             let code = match code {
                 Code::Throttled => Degradation::Throttled,
                 Code::Transient => Degradation::Transient,
-                Code::Failing => Degradation::Failing,
+                Code::Failing | Code::Auth => Degradation::Failing,
             };
             return Some(DegradedType {
                 data_type: data_type.into(),

@@ -41,9 +41,6 @@ pub struct Instance {
     pub(crate) config: Config,
     pub(crate) queries: Vec<Query>,
     pub(crate) token: Option<Token>,
-    /// Data types that opened a window during this instance's life. A window resumed from
-    /// a cursor was opened by an earlier process, maybe long ago: see `poll`.
-    opened_here: Vec<&'static str>,
     /// The connector's suggested seconds between polls.
     poll_interval_secs: u32,
 }
@@ -101,7 +98,6 @@ impl Instance {
             config,
             queries,
             token: None,
-            opened_here: Vec::new(),
             poll_interval_secs: C::POLL_INTERVAL_SECS,
         })
     }
@@ -171,7 +167,7 @@ impl Instance {
         let mut waits: Vec<i64> = Vec::new();
         let mut budget_spent: Vec<&str> = Vec::new();
         let mut succeeded = 0;
-        let mut finished_resumed_window = false;
+        let mut finished_stale_window = false;
         let queries = self.queries.clone();
         for i in order {
             let (q, h) = (&queries[i], &mut health[i]);
@@ -194,11 +190,7 @@ impl Instance {
                     succeeded += 1;
                     h.succeeded();
                     events.append(&mut read);
-                    if idle && !self.opened_here.contains(&name) {
-                        self.opened_here.push(name);
-                    }
-                    finished_resumed_window |=
-                        !idle && stream.is_idle() && !self.opened_here.contains(&name);
+                    finished_stale_window |= stream.is_idle() && !opened_lately(stream);
                 }
                 Err(Failure::Budget(ms)) => {
                     waits.push(ms);
@@ -216,6 +208,7 @@ impl Instance {
                         Failure::Transient(_) => {
                             (Code::Transient, backoff_secs(h.failures, p.random()))
                         }
+                        Failure::Auth(_) => (Code::Auth, backoff_secs(h.failures, p.random())),
                         _ => (Code::Failing, backoff_secs(h.failures, p.random())),
                     };
                     h.failed(now, after, code, f.describe());
@@ -233,6 +226,16 @@ impl Instance {
             let (name, failure, attempts, after) = failures.remove(0);
             return Err(self.poll_error(p, name, failure, attempts, after));
         }
+        // Every data type is waiting out the backoff of a failure (a wrong secret, say):
+        // the poll fails with that failure again, so the instance shows failing (its
+        // `auth`, its failure count) until a retry succeeds, instead of a success whose
+        // every type is degraded.
+        if succeeded == 0
+            && failures.is_empty()
+            && let Some(e) = held_error(&selected, &health, now)
+        {
+            return Err(e);
+        }
         for (name, failure, _, after) in failures {
             if matches!(failure, Failure::Throttled(..)) {
                 // It will be served once Graph allows: poll again then.
@@ -246,12 +249,13 @@ impl Instance {
                 ),
             );
         }
-        // A window resumed from a cursor was opened by an earlier process (one that was
-        // stopped or crashed); what changed since then is in the next window, so finish
-        // with one window of our own: `run --once` then delivers everything visible when
-        // it started. Windows opened here end the catch-up when read through.
+        // A window that opened more than a poll interval ago (a long backfill, or one
+        // resumed from a cursor an earlier process left) ends long before now: what
+        // changed since is in the next window, so catch up at once instead of after an
+        // interval. `run --once` then delivers everything visible when it started. This
+        // reads the cursor only, so every poll may run in a fresh component instance.
         let reading_on = cursor.streams.values().any(|s| !s.is_idle());
-        let more = reading_on || finished_resumed_window || !waits.is_empty();
+        let more = reading_on || finished_stale_window || !waits.is_empty();
         // When no data type can go on at once, ask the host to wait for the first that can.
         let ready = self.queries.iter().zip(&health).any(|(q, h)| {
             reading(q.data_type.name, h, &cursor) && !budget_spent.contains(&q.data_type.name)
@@ -451,4 +455,24 @@ pub fn export_poll(cursor: Option<String>) -> Result<Batch, PollError> {
         |m| Err(PollError::Fatal(m)),
         |i| i.poll(&Wasi, cursor.as_deref()),
     )
+}
+
+/// The error a poll repeats when every data type waits out the backoff of a failure: the
+/// first type's, with the time until its next try.
+fn held_error(selected: &[&str], health: &[TypeHealth], now: Timestamp) -> Option<PollError> {
+    let held: Vec<_> = health.iter().map(|h| h.held_by_failure(now)).collect();
+    if held.is_empty() || held.iter().any(Option::is_none) {
+        return None;
+    }
+    let (name, (code, message)) = selected.iter().zip(held.into_iter().flatten()).next()?;
+    let after = whole_secs(health.iter().map(|h| h.wait_millis(now)).min()?);
+    let message = format!("{name}: {message} (still failing; next try in {after}s)");
+    Some(match code {
+        Code::Auth => PollError::Auth(message),
+        Code::Transient => PollError::Transient(Retry {
+            after_secs: after,
+            message,
+        }),
+        Code::Failing | Code::Throttled => PollError::Fatal(message),
+    })
 }

@@ -121,14 +121,23 @@ fn backfill_pages_the_whole_window_before_moving_the_watermark() {
     );
     assert_eq!(p.requests().len(), 3, "one token for the whole backfill");
 
-    // Another process resumes a window this one opened: once it is paged through, that
-    // process polls one more window of its own (what changed meanwhile is in it).
+    // A fresh component instance (the host may instantiate one per poll) finishing a
+    // window opened within the poll interval waits for the interval like the first did,
+    // and uses the token the host cached for the first.
+    let mut fresh = instance(&p, "");
+    p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
+    let resumed = poll(&mut fresh, &p, Some(&first.cursor)).unwrap();
+    assert!(!resumed.more, "a recent window needs no catch-up");
+
+    // A window resumed long after it opened (the process was stopped): once it is paged
+    // through, one more window follows at once (what changed meanwhile is in it).
     p.restart();
-    let mut other = instance(&p, "");
+    p.now.set(p.now.get().plus_millis(61_000));
+    let mut late = instance(&p, "");
     p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
     p.respond_json(200, page(vec![alert("a1", "2026-11-19T13:00:00Z")], None));
-    let resumed = poll(&mut other, &p, Some(&first.cursor)).unwrap();
-    assert!(resumed.more, "a resumed window is followed by a fresh one");
+    let resumed = poll(&mut late, &p, Some(&first.cursor)).unwrap();
+    assert!(resumed.more, "a stale window is followed by a fresh one");
 }
 
 #[test]
@@ -709,4 +718,62 @@ fn parsers_never_panic_on_random_or_mutated_input() {
         let _ = crate::config::parse(&text);
         let _ = Timestamp::parse(&text);
     }
+}
+
+#[test]
+fn a_wrong_secret_fails_every_poll_until_a_retry_succeeds() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(401, token_error(7000215));
+    let first = poll(&mut i, &p, None).unwrap_err();
+    assert!(matches!(first, PollError::Auth(_)), "{first:?}");
+    let calls = p.requests().len();
+
+    // Polled again within the backoff: no request, and the same failure (not a success
+    // whose every data type is degraded, which would show the instance as up).
+    let mut fresh = instance(&p, "");
+    match poll(&mut fresh, &p, None).unwrap_err() {
+        PollError::Auth(m) => assert!(m.contains("secret") && m.contains("still failing"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.requests().len(), calls, "the backoff is kept");
+
+    // After the backoff the secret works again: the poll succeeds.
+    p.now.set(p.now.get().plus_millis(3_600_000));
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    p.respond_json(200, page(vec![], None));
+    let ok = poll(&mut fresh, &p, None).unwrap();
+    assert!(ok.degraded.is_empty(), "{:?}", ok.degraded);
+}
+
+#[test]
+fn validate_waits_out_one_429_and_names_a_second() {
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    let throttled = json!({"error": {"code": "TooManyRequests", "message": "Too many requests."}});
+    p.respond(
+        429,
+        &[("Retry-After", "2")],
+        throttled.to_string().as_bytes(),
+    );
+    p.respond_json(200, page(vec![], None));
+    let before = p.now.get();
+    if let Err(e) = i.validate(&p) {
+        panic!("one 429 fails validate: {e:?}");
+    }
+    assert!(
+        p.now.get().unix_secs() - before.unix_secs() >= 2,
+        "Retry-After waited"
+    );
+
+    let p = FakePlatform::new();
+    let mut i = instance(&p, "");
+    p.respond_json(200, token_ok(&["SecurityAlert.Read.All"]));
+    for _ in 0..2 {
+        p.respond(429, &[], throttled.to_string().as_bytes());
+    }
+    let e = i.validate(&p).unwrap_err();
+    assert_eq!(e.code, ValidationCode::ApiUnavailable);
+    assert!(e.message.contains("Too many requests"), "{}", e.message);
 }

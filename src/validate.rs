@@ -209,6 +209,7 @@ impl Instance {
             let name = q.data_type.name;
             let mut health = TypeHealth::load(p, name);
             let mut expand = true;
+            let mut throttled_once = false;
             let response = loop {
                 let url = self.probe_url(p, &q, health.page_size(q.data_type.page_size), expand);
                 let bearer = self
@@ -268,6 +269,14 @@ impl Instance {
                             ),
                         );
                         expand = false;
+                    }
+                    // One 429 is the API's budget, not a broken setup (two probes of the
+                    // Identity Protection lists a second apart can meet it when the
+                    // network delays one): wait as told, or a second and a half, once.
+                    429 if !throttled_once => {
+                        throttled_once = true;
+                        let secs = crate::retry::retry_after(&response).unwrap_or(1);
+                        p.sleep_millis(u64::from(secs.min(5)) * 1000 + 500);
                     }
                     _ => break response,
                 }

@@ -1,6 +1,7 @@
 //! Keeps secrets and access tokens out of everything the host writes: logs, errors, reports.
 //! Every text that came from a component or a remote server passes through [`Redactor`].
 
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 const MASK: &str = "[REDACTED]";
@@ -8,8 +9,31 @@ const MASK: &str = "[REDACTED]";
 /// a secret that short is not a secret.
 const MIN_LEN: usize = 6;
 
+/// Access tokens masked by value: the newest few. A tenant gets a new token every hour
+/// for as long as it runs, and keeping them all would grow every instance's memory and
+/// the cost of every redaction without end; an older token has expired, and any text
+/// that carries one as a bearer credential is still masked by [`mask_bearer`].
+const TOKENS_KEPT: usize = 4;
+
 #[derive(Clone, Default)]
-pub struct Redactor(Arc<RwLock<Vec<String>>>);
+pub struct Redactor(Arc<RwLock<Values>>);
+
+#[derive(Default)]
+struct Values {
+    /// Secrets, for the redactor's whole life.
+    secrets: Vec<String>,
+    /// Tokens, newest last.
+    tokens: VecDeque<String>,
+    /// Both, longest first, so a value that contains another is masked whole.
+    all: Vec<String>,
+}
+
+impl Values {
+    fn rebuild(&mut self) {
+        self.all = self.secrets.iter().chain(&self.tokens).cloned().collect();
+        self.all.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
 
 impl Redactor {
     /// Masks `value` from now on.
@@ -18,10 +42,23 @@ impl Redactor {
             return;
         }
         let mut values = self.0.write().unwrap_or_else(|p| p.into_inner());
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_string());
-            // Longest first, so a value that contains another is masked whole.
-            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        if !values.all.iter().any(|v| v == value) {
+            values.secrets.push(value.to_string());
+            values.rebuild();
+        }
+    }
+
+    fn add_token(&self, token: &str) {
+        if token.len() < MIN_LEN {
+            return;
+        }
+        let mut values = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if !values.all.iter().any(|v| v == token) {
+            values.tokens.push_back(token.to_string());
+            if values.tokens.len() > TOKENS_KEPT {
+                values.tokens.pop_front();
+            }
+            values.rebuild();
         }
     }
 
@@ -34,7 +71,7 @@ impl Redactor {
         }
         if let Ok(t) = serde_json::from_slice::<TokenResponse>(body) {
             for token in [t.access_token, t.refresh_token].into_iter().flatten() {
-                self.add(&token);
+                self.add_token(&token);
             }
         }
     }
@@ -42,7 +79,7 @@ impl Redactor {
     pub fn redact(&self, text: &str) -> String {
         let values = self.0.read().unwrap_or_else(|p| p.into_inner());
         let mut out = text.to_string();
-        for v in values.iter() {
+        for v in values.all.iter() {
             if out.contains(v.as_str()) {
                 out = out.replace(v.as_str(), MASK);
             }
@@ -85,5 +122,27 @@ mod tests {
             r.redact(text),
             "secret [REDACTED], token [REDACTED], header Bearer [REDACTED], abc"
         );
+    }
+
+    #[test]
+    fn keeps_secrets_for_good_and_only_the_newest_tokens() {
+        let r = Redactor::default();
+        r.add("s3cret-value~x");
+        let token = |n: usize| format!("eyJ.token-number-{n}");
+        for n in 0..100 {
+            let body = format!(r#"{{"access_token":"{}"}}"#, token(n));
+            r.add_token_response(body.as_bytes());
+        }
+        let values = r.0.read().unwrap();
+        assert_eq!(
+            values.tokens.len(),
+            TOKENS_KEPT,
+            "a year of hourly tokens stays bounded"
+        );
+        assert_eq!(values.secrets, ["s3cret-value~x"]);
+        drop(values);
+        let text = format!("s3cret-value~x {} {}", token(99), token(96));
+        assert_eq!(r.redact(&text), "[REDACTED] [REDACTED] [REDACTED]");
+        assert_eq!(r.redact("Bearer eyJ.token-number-1"), "Bearer [REDACTED]");
     }
 }

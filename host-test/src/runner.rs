@@ -6,6 +6,7 @@
 //! `Retry-After`, backoff, a spent call budget) go through the [`Clock`], so fixture replay
 //! runs them on virtual time.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
 use crate::state::{PollHealth, StateDb, StateError};
+use crate::wit::WitVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -230,20 +232,24 @@ pub struct Runner {
     version: String,
     poll_interval_secs: u32,
     routing: Vec<String>,
-    sink: Sink,
+    /// The output; a file is closed between turns (see [`Self::release_instance`]) and
+    /// opened again from `out` to deliver. A network sink (`out` is `None`) stays open: it
+    /// holds connections and, for a webhook, the batch it is filling.
+    sink: Option<Sink>,
+    out: Option<std::path::PathBuf>,
     /// The sink could not take events when last tried (a transient failure): polls go on
     /// up to `sink_max_lag` waiting events, and each round tries the sink first.
     sink_held: Option<SinkError>,
     /// `run --once`: a sink that cannot take events ends the run (exit 1) instead of
     /// holding the lines for later.
     once: bool,
-    /// The component instance, kept only while polls follow each other at once (a
-    /// backfill's pages) or to the end of `run --once`: a wait in `run` and the end of a
-    /// turn in `serve` drop it, so an idle instance holds no store or linear
-    /// memory. (The connector keeps which windows it opened in memory: a fresh instance
-    /// per page would take each of its own windows for one resumed from an earlier
-    /// process.) The token outlives it in the host's token cache.
+    /// A component instance kept between polls: only for components built for WIT 0.1,
+    /// which keep their access token in their own memory (a fresh instance per poll would
+    /// ask for a token at every poll). Later components keep it in the host's token cache
+    /// and get a fresh instance per poll, dropped when the poll ends: an idle instance
+    /// holds no store or linear memory.
     instance: Option<Instance>,
+    keep_instance: bool,
     /// Polls made, when recording (fixture replay).
     pub records: Option<Vec<PollRecord>>,
     /// The catch-up display of `run` on a terminal.
@@ -271,10 +277,12 @@ impl Runner {
             version: String::new(),
             poll_interval_secs: 0,
             routing,
-            sink,
+            out: sink.path().map(Path::to_path_buf),
+            sink: Some(sink),
             sink_held: None,
             once: false,
             instance: None,
+            keep_instance: false,
             records: None,
             progress: None,
         };
@@ -286,7 +294,12 @@ impl Runner {
         runner.connector = metadata.name;
         runner.version = metadata.version;
         runner.poll_interval_secs = metadata.poll_interval_secs;
-        runner.instance = Some(runner.fresh_instance()?);
+        // Refuses a config the component refuses before anything is claimed or created.
+        let first = runner.fresh_instance()?;
+        runner.keep_instance = runner.setup.component.wit_version() == WitVersion::V0_1;
+        if runner.keep_instance {
+            runner.instance = Some(first);
+        }
         let now = runner.now_rfc3339();
         runner.claim = Some(Claim::take(
             &runner.setup.state,
@@ -326,11 +339,21 @@ impl Runner {
         self.setup.configured_instance()
     }
 
+    /// The output, opened again if it was closed.
+    fn sink(&mut self) -> Result<&mut Sink, SinkError> {
+        if self.sink.is_none()
+            && let Some(path) = &self.out
+        {
+            self.sink = Some(Sink::open(path)?);
+        }
+        Ok(self.sink.as_mut().expect("stdout is never closed"))
+    }
+
     /// A crash after the sink's fsync but before the delivered `seq` was recorded leaves
     /// lines in the file that the outbox still holds: skip them.
     fn reconcile_sink(&mut self) -> Result<(), RunError> {
         let name = self.setup.instance.clone();
-        let Some(in_file) = self.sink.last_seq(&name)? else {
+        let Some(in_file) = self.sink()?.last_seq(&name)? else {
             return Ok(());
         };
         let (last, delivered) = self.db().seqs(&name)?;
@@ -352,7 +375,10 @@ impl Runner {
         let name = self.setup.instance.clone();
         let generation = self.setup.reopen.load(Ordering::Relaxed);
         if generation != self.sink_generation {
-            if let Some(path) = self.sink.reopen()? {
+            if let Some(path) = &self.out {
+                // Opened again below, whether or not it was open: a file closed between
+                // turns was still rotated away.
+                self.sink = None;
                 tracing::info!(instance = %name, out = %path.display(), "output file reopened");
             }
             self.sink_generation = generation;
@@ -360,8 +386,9 @@ impl Runner {
         let lines = self.db().undelivered(&name)?;
         let mut rest = &lines[..];
         let mut delivered = 0;
+        let state = self.setup.state.clone();
         while !rest.is_empty() {
-            let n = self.sink.send(&name, rest, flush, &self.setup.state)?;
+            let n = self.sink()?.send(&name, rest, flush, &state)?;
             if n == 0 {
                 break;
             }
@@ -372,8 +399,8 @@ impl Runner {
         // Only an acknowledgement (or nothing to send) shows the sink works again: lines
         // a batching sink holds back were not tried.
         if (delivered > 0 || lines.is_empty()) && self.sink_held.take().is_some() {
-            tracing::info!(instance = %name, sink = %self.sink.describe(),
-                "the sink takes events again");
+            let sink = self.sink.as_ref().map(Sink::describe).unwrap_or_default();
+            tracing::info!(instance = %name, sink, "the sink takes events again");
         }
         Ok(delivered)
     }
@@ -522,8 +549,8 @@ impl Runner {
         if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
             r.wait_secs = wait.as_secs();
         }
-        // `run --once` keeps its instance to the end of its catch-up, waits included: the
-        // windows it opened are its own (see `instance`). Otherwise a wait drops it.
+        // A 0.1 component's instance holds its token: `run --once` keeps it to the end;
+        // otherwise a wait drops it like the end of a turn in `serve`.
         if !once && !wait.is_zero() {
             self.release_instance();
         }
@@ -537,10 +564,14 @@ impl Runner {
         Ok(Some(wait))
     }
 
-    /// Drops the component instance (its store and linear memory); the next poll makes a
-    /// fresh one. `serve` calls it at the end of each turn.
+    /// Drops what an idle instance need not hold: a kept component instance (its store
+    /// and linear memory) and the open output file. `serve` calls it at the end of each
+    /// turn, so 100,000 idle instances hold neither stores nor file descriptors.
     pub fn release_instance(&mut self) {
         self.instance = None;
+        if self.out.is_some() {
+            self.sink = None;
+        }
     }
 
     fn record(&mut self, record: PollRecord) {
@@ -577,7 +608,9 @@ impl Runner {
                 });
             }
         };
-        self.instance = Some(instance);
+        if self.keep_instance {
+            self.instance = Some(instance);
+        }
         let (requests, throttled) = (result.requests, result.throttled);
         let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
         // A failure whose last request could not connect is the network's, whatever the

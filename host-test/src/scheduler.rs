@@ -6,6 +6,11 @@
 //! its output, its schedule); no thread, store or linear memory. A tenant whose Graph calls
 //! hang holds one worker until its HTTP timeout, never the queue: the other workers go on
 //! taking due instances, oldest due first.
+//!
+//! Many hanging tenants at once (a tenth of them, say, behind a Graph region that stalls)
+//! could still hold every worker. So an instance whose last turn took longer than
+//! [`SLOW_TURN`] waits in a second queue, and at most half the workers run such instances
+//! at a time: the other half always serve the instances that answer.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -35,6 +40,7 @@ pub struct Scheduler {
 }
 
 struct Shared {
+    slow_turn: Duration,
     inner: Mutex<Inner>,
     /// A new entry, an earlier due time or shutdown: the waiting workers look again.
     wake: Condvar,
@@ -42,11 +48,23 @@ struct Shared {
     turn_ended: Condvar,
 }
 
+/// A turn this long marks its instance slow (see the module's comment). A healthy turn
+/// (up to [`crate::serve`]'s eight polls of a backfill) takes well under it on real Graph;
+/// one that waits out HTTP timeouts takes longer.
+pub const SLOW_TURN: Duration = Duration::from_secs(10);
+
+/// (due, generation, name); entries whose generation is no longer the instance's are
+/// skipped (a removed or replaced instance), so removal need not search the heap.
+type Queue = BinaryHeap<Reverse<(Instant, u64, String)>>;
+
 #[derive(Default)]
 struct Inner {
-    /// (due, generation, name); entries whose generation is no longer the instance's are
-    /// skipped (a removed or replaced instance), so removal need not search the heap.
-    queue: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    queue: Queue,
+    /// Instances whose last turn was slow.
+    slow: Queue,
+    /// Workers running a slow instance's turn now, and the most that may.
+    slow_running: usize,
+    slow_cap: usize,
     entries: HashMap<String, Entry>,
     next_generation: u64,
     shutdown: bool,
@@ -62,7 +80,13 @@ struct Entry {
 impl Scheduler {
     /// A pool of `workers` threads (at least one).
     pub fn new(workers: usize) -> std::io::Result<Scheduler> {
+        Self::with_slow_turn(workers, SLOW_TURN)
+    }
+
+    /// A pool whose turns of `slow_turn` or longer mark an instance slow.
+    pub fn with_slow_turn(workers: usize, slow_turn: Duration) -> std::io::Result<Scheduler> {
         let shared = Arc::new(Shared {
+            slow_turn,
             inner: Mutex::new(Inner::default()),
             wake: Condvar::new(),
             turn_ended: Condvar::new(),
@@ -86,6 +110,8 @@ impl Scheduler {
                 Err(e) => return Err(e),
             }
         }
+        // Half, so that one worker at least always serves the instances that answer.
+        shared.lock().slow_cap = (handles.len() / 2).max(1);
         Ok(Scheduler {
             shared,
             workers: handles,
@@ -168,9 +194,10 @@ impl Shared {
 /// A worker: takes the instance due first, runs its turn, queues it again.
 fn work(shared: &Shared) {
     loop {
-        let Some((name, generation, mut job)) = next_due(shared) else {
+        let Some((name, generation, mut job, took_slow)) = next_due(shared) else {
             return;
         };
+        let started = Instant::now();
         let turn = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.turn())) {
             Ok(turn) => turn,
             Err(panic) => {
@@ -182,7 +209,12 @@ fn work(shared: &Shared) {
                 job.after_panic(what)
             }
         };
+        let slow = started.elapsed() >= shared.slow_turn;
         let mut inner = shared.lock();
+        let inner = &mut *inner;
+        if took_slow {
+            inner.slow_running -= 1;
+        }
         if let Some(entry) = inner
             .entries
             .get_mut(&name)
@@ -191,36 +223,42 @@ fn work(shared: &Shared) {
             entry.running = false;
             if let Turn::After(wait) = turn {
                 entry.job = Some(job);
-                inner
-                    .queue
-                    .push(Reverse((Instant::now() + wait, generation, name)));
-                shared.wake.notify_one();
+                let queue = if slow {
+                    &mut inner.slow
+                } else {
+                    &mut inner.queue
+                };
+                queue.push(Reverse((Instant::now() + wait, generation, name)));
             }
         }
-        drop(inner);
+        // A slow turn that ended frees room for another: every waiting worker looks again.
+        shared.wake.notify_all();
         shared.turn_ended.notify_all();
     }
 }
 
-/// Waits for the next due instance and takes its job; `None` at shutdown.
-fn next_due(shared: &Shared) -> Option<(String, u64, Box<dyn Job>)> {
+/// Waits for the next due instance and takes its job, and whether it came from the slow
+/// queue; `None` at shutdown. The instance due first goes first, except that a slow one
+/// waits while [`Inner::slow_cap`] workers run slow ones.
+fn next_due(shared: &Shared) -> Option<(String, u64, Box<dyn Job>, bool)> {
     let mut inner = shared.lock();
     loop {
         if inner.shutdown {
             return None;
         }
-        let Some(Reverse((due, generation, name))) = inner.queue.peek().cloned() else {
+        let slow_allowed = inner.slow_running < inner.slow_cap;
+        let fast = live_head(&mut inner, false);
+        let slow = live_head(&mut inner, true);
+        let candidate = match (fast, slow.filter(|_| slow_allowed)) {
+            (Some(f), Some(s)) if s.0 < f.0 => Some((s, true)),
+            (Some(f), _) => Some((f, false)),
+            (None, Some(s)) => Some((s, true)),
+            (None, None) => None,
+        };
+        let Some(((due, generation, name), from_slow)) = candidate else {
             inner = shared.wake.wait(inner).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        let live = inner
-            .entries
-            .get(&name)
-            .is_some_and(|e| e.generation == generation && e.job.is_some());
-        if !live {
-            inner.queue.pop();
-            continue;
-        }
         let now = Instant::now();
         if due > now {
             inner = shared
@@ -230,11 +268,37 @@ fn next_due(shared: &Shared) -> Option<(String, u64, Box<dyn Job>)> {
                 .0;
             continue;
         }
-        inner.queue.pop();
-        let entry = inner.entries.get_mut(&name).expect("checked live above");
+        if from_slow {
+            inner.slow.pop();
+            inner.slow_running += 1;
+        } else {
+            inner.queue.pop();
+        }
+        let entry = inner.entries.get_mut(&name).expect("checked live");
         entry.running = true;
-        let job = entry.job.take().expect("checked live above");
-        return Some((name, generation, job));
+        let job = entry.job.take().expect("checked live");
+        return Some((name, generation, job, from_slow));
+    }
+}
+
+/// The first live entry of one queue, dropping dead ones (removed or replaced instances)
+/// on the way.
+fn live_head(inner: &mut Inner, slow: bool) -> Option<(Instant, u64, String)> {
+    loop {
+        let queue = if slow { &inner.slow } else { &inner.queue };
+        let Reverse(head) = queue.peek().cloned()?;
+        let live = inner
+            .entries
+            .get(&head.2)
+            .is_some_and(|e| e.generation == head.1 && e.job.is_some());
+        if live {
+            return Some(head);
+        }
+        if slow {
+            inner.slow.pop();
+        } else {
+            inner.queue.pop();
+        }
     }
 }
 
@@ -302,6 +366,52 @@ mod tests {
         });
         // (The hanging worker is left behind: the test process ends with it.)
         std::mem::forget(scheduler);
+    }
+
+    #[test]
+    fn slow_instances_get_half_the_workers_and_the_others_keep_their_pace() {
+        use std::sync::atomic::AtomicIsize;
+        struct Slow {
+            now: Arc<AtomicIsize>,
+            most: Arc<AtomicIsize>,
+        }
+        impl Job for Slow {
+            fn turn(&mut self) -> Turn {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                Turn::After(Duration::from_millis(5))
+            }
+            fn after_panic(&mut self, _: String) -> Turn {
+                Turn::Done
+            }
+        }
+        let scheduler = Scheduler::with_slow_turn(4, Duration::from_millis(100)).unwrap();
+        let (now, most) = (Arc::new(AtomicIsize::new(0)), Arc::new(AtomicIsize::new(0)));
+        for n in 0..10 {
+            let job = Slow {
+                now: now.clone(),
+                most: most.clone(),
+            };
+            scheduler.add(&format!("slow-{n}"), Box::new(job), Duration::ZERO);
+        }
+        // Every slow instance's first turn (unknown until then, so on any worker).
+        std::thread::sleep(Duration::from_millis(1500));
+        most.store(0, Ordering::SeqCst);
+        let (quick, quick_turns) = job(None, false);
+        scheduler.add("quick", quick, Duration::ZERO);
+        std::thread::sleep(Duration::from_secs(1));
+        let turns = quick_turns.load(Ordering::SeqCst);
+        // Two free workers take it every 5 ms; with every worker on slow turns it would
+        // wait for one to end, about 75 ms apart.
+        assert!(turns >= 60, "the quick instance had {turns} turns in 1 s");
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "half the workers run slow turns"
+        );
+        scheduler.shutdown();
     }
 
     #[test]

@@ -179,6 +179,10 @@ pub struct Server<'a> {
     slots: BTreeMap<String, Slot>,
     /// Files that cannot become instances, as last reported.
     problems: HashMap<PathBuf, Fingerprint>,
+    /// What each instance file was at the last rescan, so an unchanged file is not read
+    /// again: with 100,000 instance files, reading and hashing each at every rescan was
+    /// the process's whole idle CPU.
+    read: HashMap<PathBuf, ReadFile>,
     /// Runs the instances' polls; taken at shutdown.
     scheduler: Option<Scheduler>,
     /// The access tokens of the instances, in memory only (see [`crate::imports::token_cache`]).
@@ -227,6 +231,7 @@ impl<'a> Server<'a> {
             components: HashMap::new(),
             slots: BTreeMap::new(),
             problems: HashMap::new(),
+            read: HashMap::new(),
         })
     }
 
@@ -343,13 +348,13 @@ impl<'a> Server<'a> {
         let mut files: BTreeMap<String, (PathBuf, Fingerprint)> = BTreeMap::new();
         let reported = std::mem::take(&mut self.problems);
         let mut problems = HashMap::new();
+        let mut read = HashMap::with_capacity(paths.len());
         for path in paths {
-            // Read once per rescan; an unreadable file hashes as empty and is reported when
-            // its instance starts.
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            let fingerprint = fingerprint(dir, &bytes);
+            let known = self.read.remove(&path).filter(ReadFile::unchanged);
+            let file = known.unwrap_or_else(|| ReadFile::read(dir, &path));
+            let fingerprint = file.fingerprint;
             let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            let problem = match instance_name(&path, &bytes) {
+            let problem = match file.name.clone() {
                 Err(message) => Some((stem.into_owned(), message)),
                 Ok(name) => match files.get(&name) {
                     Some((other, _)) => Some((
@@ -373,10 +378,12 @@ impl<'a> Server<'a> {
                     tracing::error!(file = %path.display(), "{message}");
                     self.record_failure(&name, "instance-file", &message);
                 }
-                problems.insert(path, fingerprint);
+                problems.insert(path.clone(), fingerprint);
             }
+            read.insert(path, file);
         }
         self.problems = problems;
+        self.read = read;
         Ok(files)
     }
 
@@ -707,21 +714,65 @@ pub(crate) fn instance_name(path: &Path, bytes: &[u8]) -> Result<String, String>
     }
 }
 
-/// What decides whether a running instance is still current: its file (`bytes`), its
-/// secrets file (a rotated secret restarts it) and its component file. Unreadable parts
-/// hash as absent; starting the instance then reports them.
-fn fingerprint(base: &Path, bytes: &[u8]) -> Fingerprint {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    if let Ok(spec) = serde_json::from_slice::<InstanceFile>(bytes) {
-        if let Some(secrets) = &spec.secrets {
-            std::fs::read(base.join(secrets))
-                .unwrap_or_default()
-                .hash(&mut h);
+/// An instance file as the last rescan read it.
+struct ReadFile {
+    /// The files its fingerprint depends on, with what `stat` said of each then.
+    stamps: Vec<(PathBuf, Option<FileStamp>)>,
+    fingerprint: Fingerprint,
+    name: Result<String, String>,
+}
+
+/// What `stat` says of a file that changes when it is rewritten or replaced (a renamed-in
+/// file or a ConfigMap's swapped link is another inode).
+#[derive(PartialEq, Eq, Hash)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64, i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        #[cfg(unix)]
+        inode: {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+        },
+    })
+}
+
+impl ReadFile {
+    /// What decides whether a running instance is still current: its file, its secrets
+    /// file (a rotated secret restarts it) and its component file. Unreadable parts hash
+    /// as absent; starting the instance then reports them.
+    fn read(base: &Path, path: &Path) -> ReadFile {
+        let mut stamps = vec![(path.to_path_buf(), stamp(path))];
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        if let Ok(spec) = serde_json::from_slice::<InstanceFile>(&bytes) {
+            if let Some(secrets) = &spec.secrets {
+                let secrets = base.join(secrets);
+                stamps.push((secrets.clone(), stamp(&secrets)));
+                std::fs::read(&secrets).unwrap_or_default().hash(&mut h);
+            }
+            let component = base.join(&spec.component);
+            let s = stamp(&component);
+            s.as_ref().map(|s| (s.len, s.modified)).hash(&mut h);
+            stamps.push((component, s));
         }
-        if let Ok(m) = std::fs::metadata(base.join(&spec.component)) {
-            (m.len(), m.modified().ok()).hash(&mut h);
+        ReadFile {
+            stamps,
+            fingerprint: h.finish(),
+            name: instance_name(path, &bytes),
         }
     }
-    h.finish()
+
+    fn unchanged(&self) -> bool {
+        self.stamps.iter().all(|(path, s)| stamp(path) == *s)
+    }
 }

@@ -319,17 +319,28 @@ impl StateDb {
     /// Adds `health.degraded` (JSON of [`Degraded`]s, NULL until a poll reports) to a file
     /// that lacks it. A step of its own, keyed on the column rather than on the schema
     /// number, so it composes with any other migration; a no-op read when present.
+    ///
+    /// Checked and added in one write transaction: processes that open a new file at
+    /// once would otherwise both see the column missing and the second fail to add it.
     fn add_degraded_column(&self) -> rusqlite::Result<()> {
-        let present: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('health') WHERE name = 'degraded')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !present {
-            self.conn
-                .execute_batch("ALTER TABLE health ADD COLUMN degraded TEXT;")?;
+        let present = |conn: &Connection| -> rusqlite::Result<bool> {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('health') WHERE name = 'degraded')",
+                [],
+                |r| r.get(0),
+            )
+        };
+        if present(&self.conn)? {
+            return Ok(());
         }
-        Ok(())
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        if !present(&tx)? {
+            tx.execute_batch("ALTER TABLE health ADD COLUMN degraded TEXT;")?;
+        }
+        tx.commit()
     }
 
     /// Schema 4, the operations tables: `holders`, the process that runs each instance

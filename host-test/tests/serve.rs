@@ -193,6 +193,7 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     .stderr(std::fs::File::create(&log).unwrap())
     .spawn()
     .expect("start serve");
+    let _kill = support::KillOnDrop(child.id());
 
     // The healthy tenants' backfills arrive whole, whatever the others do.
     let caught_up = |sim: &GraphSim, name: &str| {
@@ -227,6 +228,26 @@ fn serve_keeps_healthy_tenants_on_schedule_while_broken_ones_report_why() {
     wait_until("new alerts", &log, Duration::from_secs(10), || {
         caught_up(&alpha, "alpha")
     });
+
+    // Between turns an instance holds no open output file: with 100,000 instances one
+    // per instance would run out of file descriptors. Alpha polls every second, so a
+    // sample may catch its turn; some sample catches none.
+    let open_outputs = || {
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .filter(|target| target.starts_with(&out))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let fewest = (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            open_outputs()
+        })
+        .min();
+    assert_eq!(fewest, Some(0), "output files stay open between turns");
 
     // Broken instances say why, in status and in the metrics.
     wait_until(

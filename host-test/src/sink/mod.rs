@@ -145,16 +145,12 @@ impl Sink {
         }
     }
 
-    /// Opens the output file again (after a rotation); the file's path, if it is one.
-    pub fn reopen(&mut self) -> Result<Option<PathBuf>, SinkError> {
-        let Sink::File(f) = self else {
-            return Ok(None);
-        };
-        let Some(path) = f.path().map(Path::to_path_buf) else {
-            return Ok(None);
-        };
-        *f = FileSink::open(&path)?;
-        Ok(Some(path))
+    /// The file written to; `None` for stdout and network sinks (which stay open).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Sink::File(f) => f.path(),
+            _ => None,
+        }
     }
 
     /// Sends the first lines of `lines` (undelivered, in `seq` order) and returns how many

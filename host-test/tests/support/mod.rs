@@ -210,3 +210,16 @@ pub fn secrets_in(haystack: &[u8], sim: &graph_sim::GraphSim) -> Vec<String> {
     }
     found
 }
+
+/// Kills a spawned host when the test ends, whatever way it ends: a failed assertion must
+/// not leave a `serve` polling in the background for good.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Exited and reaped already: the pid is gone (a reuse within a test is unlikely).
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
