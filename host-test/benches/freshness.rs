@@ -43,17 +43,15 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("instances");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("secret.json"),
-        json!({"client-secret": SECRET}).to_string(),
-    )
-    .unwrap();
+    let secret = work.path().join("secret.json");
+    std::fs::write(&secret, json!({"client-secret": SECRET}).to_string()).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let wasm = connector_host::component_path("defender-alerts");
     let tenants: Vec<String> = (0..instances).map(tenant_id).collect();
     for (n, tenant) in tenants.iter().enumerate() {
         let file = json!({
             "component": wasm,
-            "secrets": "secret.json",
+            "secrets": secret,
             "interval_secs": interval,
             "config": {"tenant_id": tenant, "client_id": CLIENT, "backfill_days": 1,
                        "login_url": graph.base, "graph_url": graph.base},
@@ -193,6 +191,19 @@ fn main() {
         graph.list_calls.load(Ordering::Relaxed)
     );
     println!("serve: RSS {rss} (peak {peak}), threads {threads}");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    println!(
+        "serve's log: {} lines, {} warnings and errors",
+        log.lines().count(),
+        errors.len()
+    );
+    for line in errors.iter().take(5) {
+        println!("  {line}");
+    }
     graph.stop.store(true, Ordering::Relaxed);
 }
 

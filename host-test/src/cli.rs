@@ -157,7 +157,8 @@ enum Command {
         /// fails there).
         #[arg(long, requires = "check")]
         online: bool,
-        /// Directory for event lines, one `<instance>.jsonl` per instance (default: stdout).
+        /// Directory for event lines, one `<instance>.jsonl` per instance (default, or `-`:
+        /// stdout).
         #[arg(long, conflicts_with = "sink")]
         out: Option<PathBuf>,
         /// Every instance's sink, where its instance file names none (`"sink": "…"`).
@@ -561,7 +562,8 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             }
             let state = state.expect("clap requires --state without --check");
             let mut options = ServeOptions::new(instances, state);
-            options.out = out;
+            // `-` is stdout, as for `run` (not a directory named "-").
+            options.out = out.filter(|o| o != Path::new("-"));
             options.sink = sink.sink;
             options.sink_max_lag = sink.sink_max_lag;
             options.rescan = Duration::from_secs(rescan_secs.max(1));
