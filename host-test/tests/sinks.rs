@@ -238,14 +238,15 @@ fn run_args(tenant: &Tenant, sink: &str, once: bool, extra: &[&str]) -> Vec<Stri
 /// Runs `args` and kills the host with SIGKILL after a random moment, `kills` times.
 fn kill_repeatedly(args: &[String], kills: usize, rng: &mut Rng, sim: &GraphSim) {
     for k in 0..kills {
-        let mut child = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start connector-host");
+        let child = Running(
+            host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start connector-host"),
+        );
         std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        drop(child); // SIGKILL (std's kill), then wait
         if k % 4 == 3 {
             let ids = sim.ids();
             let picked: Vec<String> = (0..3)
@@ -266,6 +267,27 @@ fn run_to_end(args: &[String]) {
         "the state left by the kills is usable: {}",
         text(&out.stderr)
     );
+}
+
+/// A host process that is killed when the test ends, a failed assertion included, so no
+/// test leaves one running.
+struct Running(std::process::Child);
+
+impl Running {
+    /// SIGTERM, then waits for the process to end.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn status_json(state: &str) -> Vec<Value> {
@@ -382,21 +404,23 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
         .unwrap()
         .port();
     let log = dir.path().join("serve.log");
-    let mut serve = host(&[
-        "serve",
-        "--instances",
-        &instances.display().to_string(),
-        "--state",
-        &state,
-        "--sink-max-lag",
-        "20",
-        "--metrics",
-        &format!("127.0.0.1:{metrics_port}"),
-    ])
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .unwrap();
+    let serve = Running(
+        host(&[
+            "serve",
+            "--instances",
+            &instances.display().to_string(),
+            "--state",
+            &state,
+            "--sink-max-lag",
+            "20",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
     let wait_for = |what: &str, timeout: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
         let start = Instant::now();
         while !done() {
@@ -467,8 +491,7 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
             rows[0]["undelivered"] == 0 && events >= 120
         }),
     );
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    serve.wait().unwrap();
+    serve.stop();
     let lines: Vec<(bool, String)> = receiver
         .posts()
         .iter()
@@ -649,11 +672,13 @@ fn a_kafka_cluster_that_is_down_holds_delivery_and_loses_nothing() {
         &["--interval", "1", "--sink-max-lag", "30"],
     );
     let log = tenant.dir.path().join("run.log");
-    let mut run = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let run = Running(
+        host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let state = tenant.path("state.db");
     let start = Instant::now();
     loop {
@@ -681,8 +706,7 @@ fn a_kafka_cluster_that_is_down_holds_delivery_and_loses_nothing() {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
-    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
-    run.wait().unwrap();
+    run.stop();
     let lines: Vec<(bool, String)> = consume(&bootstrap, "secops-events")
         .into_iter()
         .map(|(_, v, _, _)| (true, v))

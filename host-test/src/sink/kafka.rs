@@ -265,8 +265,19 @@ impl KafkaSink {
                         producer.poll(Duration::from_millis(50));
                     }
                     Err((e, _)) => {
-                        // The lines before this one are in flight: wait for them below.
-                        tracing::warn!(sink, "kafka producer refused a record: {e}");
+                        // Refused before it was sent (e.g. the topic's ACL, known from
+                        // metadata): its report is this error. The lines before it are in
+                        // flight: wait for them below.
+                        tracing::debug!(sink, "kafka producer refused a record: {e}");
+                        if let Some(slot) = producer
+                            .context()
+                            .results
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(i)
+                        {
+                            *slot = Some(Err(e));
+                        }
                         break;
                     }
                 }
