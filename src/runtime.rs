@@ -41,6 +41,8 @@ pub struct Instance {
     pub(crate) config: Config,
     pub(crate) queries: Vec<Query>,
     pub(crate) token: Option<Token>,
+    /// Data types that opened a window during this component instance's life: see `poll`.
+    opened_here: Vec<&'static str>,
     /// The connector's suggested seconds between polls.
     poll_interval_secs: u32,
 }
@@ -98,6 +100,7 @@ impl Instance {
             config,
             queries,
             token: None,
+            opened_here: Vec::new(),
             poll_interval_secs: C::POLL_INTERVAL_SECS,
         })
     }
@@ -167,7 +170,7 @@ impl Instance {
         let mut waits: Vec<i64> = Vec::new();
         let mut budget_spent: Vec<&str> = Vec::new();
         let mut succeeded = 0;
-        let mut finished_stale_window = false;
+        let mut finished_resumed_window = false;
         let queries = self.queries.clone();
         for i in order {
             let (q, h) = (&queries[i], &mut health[i]);
@@ -190,7 +193,11 @@ impl Instance {
                     succeeded += 1;
                     h.succeeded();
                     events.append(&mut read);
-                    finished_stale_window |= stream.is_idle() && !opened_lately(stream);
+                    if idle && !self.opened_here.contains(&name) {
+                        self.opened_here.push(name);
+                    }
+                    finished_resumed_window |=
+                        !idle && stream.is_idle() && !self.opened_here.contains(&name);
                 }
                 Err(Failure::Budget(ms)) => {
                     waits.push(ms);
@@ -249,13 +256,16 @@ impl Instance {
                 ),
             );
         }
-        // A window that opened more than a poll interval ago (a long backfill, or one
-        // resumed from a cursor an earlier process left) ends long before now: what
-        // changed since is in the next window, so catch up at once instead of after an
-        // interval. `run --once` then delivers everything visible when it started. This
-        // reads the cursor only, so every poll may run in a fresh component instance.
+        // A window this component instance did not open (an earlier poll's, or a process's
+        // that was stopped or killed while reading it) ends some time before now: what
+        // changed since is in the next window, so one more follows at once. Windows opened
+        // by this instance end the catch-up when read through: `run --once` keeps one
+        // instance to its end, so it stops having delivered everything visible when it
+        // started. `serve` makes an instance per poll, so there a window that spans polls
+        // is followed by one more at once (a busy tenant is read without the interval's
+        // pause, turn by turn).
         let reading_on = cursor.streams.values().any(|s| !s.is_idle());
-        let more = reading_on || finished_stale_window || !waits.is_empty();
+        let more = reading_on || finished_resumed_window || !waits.is_empty();
         // When no data type can go on at once, ask the host to wait for the first that can.
         let ready = self.queries.iter().zip(&health).any(|(q, h)| {
             reading(q.data_type.name, h, &cursor) && !budget_spent.contains(&q.data_type.name)

@@ -90,7 +90,8 @@ enum Command {
         /// The instance's config file (JSON: tenant_id, client_id, backfill_days, ...).
         #[arg(long)]
         config: PathBuf,
-        /// SQLite state file (cursor, KV, outbox); created if missing.
+        /// SQLite state file (cursor, KV, outbox), created if missing, or a PostgreSQL URL
+        /// (`postgres://user:password@host:port/db`).
         #[arg(long)]
         state: PathBuf,
         #[command(flatten)]
@@ -146,7 +147,9 @@ enum Command {
         /// interval_secs).
         #[arg(long)]
         instances: PathBuf,
-        /// SQLite state file shared by all instances; created if missing.
+        /// State store shared by all instances: a SQLite file (created if missing), or a
+        /// PostgreSQL database (`postgres://user:password@host:port/db`) shared by a fleet
+        /// of hosts.
         #[arg(long, required_unless_present = "check")]
         state: Option<PathBuf>,
         /// Check every instance file (format, component, secrets, config) without serving:
@@ -181,6 +184,11 @@ enum Command {
         /// number is bounded whatever the number of instances.
         #[arg(long, default_value_t = crate::serve::DEFAULT_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
         workers: u32,
+        /// With a PostgreSQL --state (a fleet): seconds a host's lease of an instance
+        /// lasts unless renewed (every third of it). A host that dies is taken over after
+        /// at most this long; a host stalled longer than this loses its instances.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_ttl: u64,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -553,6 +561,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             metrics_public,
             rescan_secs,
             workers,
+            lease_ttl,
             limits,
             check,
             online,
@@ -568,6 +577,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             options.sink_max_lag = sink.sink_max_lag;
             options.rescan = Duration::from_secs(rescan_secs.max(1));
             options.workers = workers as usize;
+            options.lease_ttl = Duration::from_secs(lease_ttl);
             options.limits = (&limits).into();
             serve(&engine, options, metrics.map(|a| (a, metrics_public)))
         }
@@ -720,14 +730,14 @@ fn reopen_on_sighup() -> Result<Arc<std::sync::atomic::AtomicU64>, Failure> {
 }
 
 fn forget(state: &Path, instance: &str, yes: bool) -> Result<(), Failure> {
-    if !state.exists() {
+    if !crate::state::is_postgres_url(state) && !state.exists() {
         return Err(Failure::usage(format!(
             "no state file at {}",
             state.display()
         )));
     }
     if !yes {
-        let db = StateDb::open_for_reading(state).map_err(Failure::usage)?;
+        let mut db = StateDb::open_for_reading(state).map_err(Failure::usage)?;
         let known = db
             .health()
             .map_err(Failure::usage)?
@@ -863,14 +873,11 @@ fn setup(
                 Failure::usage("cannot name the instance after the config file; pass --instance")
             })?,
     };
-    let state = StateDb::open(state).map_err(Failure::usage)?;
-    let mut setup = RunSetup::new(
-        component,
-        instance,
-        config,
-        secrets,
-        Arc::new(Mutex::new(state)),
-    );
+    let state = Arc::new(Mutex::new(StateDb::open(state).map_err(Failure::usage)?));
+    // On a PostgreSQL store the instance is leased: renewed until the process ends.
+    crate::fleet::spawn_renewer(&state, Arc::new(AtomicBool::new(false)))
+        .map_err(|e| Failure::connector(format!("cannot start the lease renewal thread: {e}")))?;
+    let mut setup = RunSetup::new(component, instance, config, secrets, state);
     setup.limits = limits;
     Ok(setup)
 }

@@ -8,12 +8,16 @@
 //! process's identity (pid, host, and on Linux the boot and the process's start time, so a
 //! reused pid is not taken for the holder) and a claim whose process is gone is taken
 //! over. A holder on another host cannot be checked from here and always counts as alive.
+//!
+//! On a PostgreSQL store the claim is the instance's lease instead (see
+//! [`crate::state::postgres`]): it expires unless renewed, so a host that died is taken over
+//! after the lease TTL, wherever it ran.
 
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::state::{StateDb, StateError};
+use crate::state::{SqliteDb, StateDb, StateError};
 
 /// A process as the `holders` table records it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -26,12 +30,26 @@ pub struct Holder {
     pub next_poll: Option<String>,
     #[serde(skip)]
     process: String,
+    /// On PostgreSQL: the lease the process holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A fleet host's lease of an instance, as `status --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    /// The host's id in the fleet (`host:pid:nonce`).
+    pub owner: String,
+    /// When it ends unless renewed (RFC 3339).
+    pub until: Option<String>,
+    /// The fencing token: raised at every take.
+    pub token: i64,
 }
 
 impl Holder {
     /// Whether the process still runs (always true for another host's process).
     pub fn alive(&self) -> bool {
-        if self.host != host_name() {
+        if self.lease.is_some() || self.host != host_name() {
             return true;
         }
         process_alive(self.pid, &self.process)
@@ -52,7 +70,17 @@ impl Claim {
         instance: &str,
         now: &str,
     ) -> Result<Claim, StateError> {
-        let mut db = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+        let db = match &mut *guard {
+            StateDb::Sqlite(db) => db,
+            StateDb::Postgres(db) => {
+                db.take_lease(instance, now)?;
+                return Ok(Claim {
+                    state: state.clone(),
+                    instance: instance.into(),
+                });
+            }
+        };
         let path = db.path().to_path_buf();
         let sql = |cause| StateError::Sql {
             path: path.clone(),
@@ -99,11 +127,20 @@ impl Claim {
 
     /// Records when this holder polls next (for `status`); a failure only costs the column.
     pub fn set_next_poll(&self, at: &str) {
-        let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = db.conn().execute(
-            "UPDATE holders SET next_poll = ?2 WHERE instance = ?1 AND pid = ?3",
-            params![self.instance, at, std::process::id()],
-        );
+        let mut db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match &mut *db {
+            StateDb::Sqlite(db) => db
+                .conn()
+                .execute(
+                    "UPDATE holders SET next_poll = ?2 WHERE instance = ?1 AND pid = ?3",
+                    params![self.instance, at, std::process::id()],
+                )
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            StateDb::Postgres(db) => db
+                .set_next_poll(&self.instance, at)
+                .map_err(|e| e.to_string()),
+        };
         if let Err(e) = result {
             tracing::debug!(instance = %self.instance, "cannot record the next poll: {e}");
         }
@@ -112,11 +149,19 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = db.conn().execute(
-            "DELETE FROM holders WHERE instance = ?1 AND pid = ?2 AND host = ?3",
-            params![self.instance, std::process::id(), host_name()],
-        );
+        let mut db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match &mut *db {
+            StateDb::Sqlite(db) => db
+                .conn()
+                .execute(
+                    "DELETE FROM holders WHERE instance = ?1 AND pid = ?2 AND host = ?3",
+                    params![self.instance, std::process::id(), host_name()],
+                )
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            // Not released (the store is unreachable): it expires after the lease TTL.
+            StateDb::Postgres(db) => db.release_lease(&self.instance).map_err(|e| e.to_string()),
+        };
         if let Err(e) = result {
             // The next claim finds this process gone and takes over.
             tracing::debug!(instance = %self.instance, "cannot release the claim: {e}");
@@ -131,14 +176,39 @@ fn row_holder(r: &rusqlite::Row) -> rusqlite::Result<Holder> {
         since: r.get(2)?,
         process: r.get(3)?,
         next_poll: r.get(4)?,
+        lease: None,
     })
 }
 
 /// The live holders of a state file's instances, by instance (a state file of schema 3
 /// has none).
 pub fn live_holders(
-    db: &StateDb,
+    db: &mut StateDb,
 ) -> Result<std::collections::BTreeMap<String, Holder>, StateError> {
+    let db = match db {
+        StateDb::Sqlite(db) => db,
+        StateDb::Postgres(db) => {
+            return Ok(db
+                .live_leases()?
+                .into_iter()
+                .map(|(instance, l)| {
+                    let holder = Holder {
+                        pid: l.pid,
+                        host: l.host,
+                        since: l.since,
+                        next_poll: l.next_poll,
+                        process: String::new(),
+                        lease: Some(Lease {
+                            owner: l.owner,
+                            until: l.until,
+                            token: l.token,
+                        }),
+                    };
+                    (instance, holder)
+                })
+                .collect());
+        }
+    };
     let sql = |cause| StateError::Sql {
         path: db.path().to_path_buf(),
         cause,
@@ -157,7 +227,7 @@ pub fn live_holders(
     Ok(rows.into_iter().filter(|(_, h)| h.alive()).collect())
 }
 
-pub(crate) fn has_table(db: &StateDb, table: &str) -> rusqlite::Result<bool> {
+pub(crate) fn has_table(db: &SqliteDb, table: &str) -> rusqlite::Result<bool> {
     db.conn()
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -179,7 +249,7 @@ pub fn host_name() -> String {
 
 /// What tells this run of process `pid` from a later process with the same pid: on
 /// Linux the boot ID and the process's start time; elsewhere nothing beyond the pid.
-fn process_identity(pid: u32) -> String {
+pub(crate) fn process_identity(pid: u32) -> String {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     match start_time(pid) {
         Some(start) => format!("{}:{start}", boot.trim()),
@@ -195,7 +265,7 @@ fn start_time(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_string)
 }
 
-fn process_alive(pid: u32, identity: &str) -> bool {
+pub(crate) fn process_alive(pid: u32, identity: &str) -> bool {
     if std::path::Path::new("/proc/self/stat").exists() {
         return !identity.is_empty() && process_identity(pid) == identity
             || identity.is_empty() && start_time(pid).is_some();
@@ -227,6 +297,13 @@ mod tests {
         Arc::new(Mutex::new(StateDb::open(&dir.join("s.db")).unwrap()))
     }
 
+    fn sqlite(db: &StateDb) -> &SqliteDb {
+        match db {
+            StateDb::Sqlite(db) => db,
+            StateDb::Postgres(_) => unreachable!("a file path opens SQLite"),
+        }
+    }
+
     #[test]
     fn a_live_holder_refuses_a_second_claim_and_a_dead_one_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -238,9 +315,7 @@ mod tests {
             .unwrap();
         let pid = child.id();
         let identity = process_identity(pid);
-        state
-            .lock()
-            .unwrap()
+        sqlite(&state.lock().unwrap())
             .conn()
             .execute(
                 "INSERT INTO holders (instance, pid, host, since, process) VALUES ('a', ?1, ?2, '2026-12-01T03:00:00Z', ?3)",
@@ -256,19 +331,19 @@ mod tests {
                 && message.contains("since 2026-12-01T03:00:00Z"),
             "{message}"
         );
-        assert_eq!(live_holders(&state.lock().unwrap()).unwrap().len(), 1);
+        assert_eq!(live_holders(&mut state.lock().unwrap()).unwrap().len(), 1);
         child.kill().unwrap();
         child.wait().unwrap();
         // The holder is gone: its claim no longer blocks.
-        assert!(live_holders(&state.lock().unwrap()).unwrap().is_empty());
+        assert!(live_holders(&mut state.lock().unwrap()).unwrap().is_empty());
         let claim = Claim::take(&state, "a", "2026-12-01T04:00:00Z").expect("taken over");
-        let holders = live_holders(&state.lock().unwrap()).unwrap();
+        let holders = live_holders(&mut state.lock().unwrap()).unwrap();
         assert_eq!(holders["a"].pid, std::process::id());
         // Claiming again from the same process (serve restarting an instance) is allowed.
         drop(Claim::take(&state, "a", "2026-12-01T04:01:00Z").unwrap());
         drop(claim);
         assert!(
-            live_holders(&state.lock().unwrap()).unwrap().is_empty(),
+            live_holders(&mut state.lock().unwrap()).unwrap().is_empty(),
             "released on drop"
         );
     }
@@ -278,15 +353,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = db(dir.path());
         // This process's pid, but another start: the recorded holder is gone.
-        state
-            .lock()
-            .unwrap()
+        sqlite(&state.lock().unwrap())
             .conn()
             .execute(
                 "INSERT INTO holders (instance, pid, host, since, process) VALUES ('a', ?1, ?2, 'then', 'another-boot:1')",
                 params![std::process::id(), host_name()],
             )
             .unwrap();
-        assert!(live_holders(&state.lock().unwrap()).unwrap().is_empty());
+        assert!(live_holders(&mut state.lock().unwrap()).unwrap().is_empty());
     }
 }

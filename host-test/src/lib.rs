@@ -20,6 +20,7 @@ pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod fixture;
+pub mod fleet;
 pub mod holder;
 pub mod imports;
 pub mod inspect;

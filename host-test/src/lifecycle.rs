@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::holder::{has_table, live_holders};
-use crate::state::{StateDb, StateError};
+use crate::state::{SqliteDb, StateDb, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -29,7 +29,7 @@ pub enum LifecycleError {
     State(#[from] StateError),
 }
 
-fn sql(db: &StateDb) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+fn sql(db: &SqliteDb) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     |cause| StateError::Sql {
         path: db.path().to_path_buf(),
         cause,
@@ -40,20 +40,23 @@ fn sql(db: &StateDb) -> impl Fn(rusqlite::Error) -> StateError + '_ {
 /// was not given but taken from the file's name), an instance created from another file
 /// is refused; otherwise the new source is recorded. A removed mark is cleared.
 pub fn bind_source(
-    db: &StateDb,
+    db: &mut StateDb,
     instance: &str,
     source: &str,
     strict: bool,
 ) -> Result<(), LifecycleError> {
-    let recorded: Option<Option<String>> = db
-        .conn()
-        .query_row(
-            "SELECT source FROM origins WHERE instance = ?1",
-            [instance],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sql(db))?;
+    let recorded: Option<Option<String>> = match db {
+        StateDb::Sqlite(db) => db
+            .conn()
+            .query_row(
+                "SELECT source FROM origins WHERE instance = ?1",
+                [instance],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(db))?,
+        StateDb::Postgres(db) => db.origin(instance)?,
+    };
     // An instance with state from before this table was kept has no recorded source: it is
     // adopted by its first file.
     if let Some(Some(recorded)) = &recorded
@@ -67,19 +70,28 @@ pub fn bind_source(
             file: source.into(),
         });
     }
-    db.conn()
-        .execute(
-            "INSERT INTO origins (instance, source, removed) VALUES (?1, ?2, NULL)
-             ON CONFLICT (instance) DO UPDATE SET source = excluded.source, removed = NULL",
-            params![instance, source],
-        )
-        .map_err(sql(db))?;
+    match db {
+        StateDb::Sqlite(db) => db
+            .conn()
+            .execute(
+                "INSERT INTO origins (instance, source, removed) VALUES (?1, ?2, NULL)
+                 ON CONFLICT (instance) DO UPDATE SET source = excluded.source, removed = NULL",
+                params![instance, source],
+            )
+            .map(drop)
+            .map_err(sql(db))?,
+        StateDb::Postgres(db) => db.set_origin(instance, source)?,
+    }
     Ok(())
 }
 
 /// Marks an instance whose `serve` file was removed: `status` shows it as removed and the
 /// metrics leave it out, until it comes back or is forgotten.
-pub fn mark_removed(db: &StateDb, instance: &str, at: &str) -> Result<(), StateError> {
+pub fn mark_removed(db: &mut StateDb, instance: &str, at: &str) -> Result<(), StateError> {
+    let db = match db {
+        StateDb::Sqlite(db) => db,
+        StateDb::Postgres(db) => return db.mark_removed(instance, at),
+    };
     db.conn()
         .execute(
             "INSERT INTO origins (instance, source, removed) VALUES (?1, NULL, ?2)
@@ -91,7 +103,11 @@ pub fn mark_removed(db: &StateDb, instance: &str, at: &str) -> Result<(), StateE
 }
 
 /// When each removed instance was removed, by instance (none in a schema-3 file).
-pub fn removed(db: &StateDb) -> Result<std::collections::BTreeMap<String, String>, StateError> {
+pub fn removed(db: &mut StateDb) -> Result<std::collections::BTreeMap<String, String>, StateError> {
+    let db = match db {
+        StateDb::Sqlite(db) => db,
+        StateDb::Postgres(db) => return db.removed(),
+    };
     if !has_table(db, "origins").map_err(sql(db))? {
         return Ok(Default::default());
     }
@@ -108,8 +124,12 @@ pub fn removed(db: &StateDb) -> Result<std::collections::BTreeMap<String, String
 
 /// Events committed but not yet delivered, by instance (instances with none are left out).
 pub fn undelivered_counts(
-    db: &StateDb,
+    db: &mut StateDb,
 ) -> Result<std::collections::BTreeMap<String, u64>, StateError> {
+    let db = match db {
+        StateDb::Sqlite(db) => db,
+        StateDb::Postgres(db) => return db.undelivered_counts(),
+    };
     let mut stmt = db
         .conn()
         .prepare(
@@ -134,6 +154,19 @@ pub struct Forgotten {
 /// Deletes everything the state file holds of `instance` (cursor, KV, outbox, health,
 /// origin), in one transaction. Refused while a live process holds the instance.
 pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleError> {
+    if let StateDb::Postgres(pg) = db {
+        let (known, events_undelivered, kv_keys) = pg.forget(instance)?;
+        if !known {
+            return Err(LifecycleError::Unknown {
+                state: pg.path().display().to_string(),
+                instance: instance.into(),
+            });
+        }
+        return Ok(Forgotten {
+            events_undelivered,
+            kv_keys,
+        });
+    }
     if let Some(h) = live_holders(db)?.remove(instance) {
         return Err(StateError::Held {
             path: db.path().to_path_buf(),
@@ -144,6 +177,9 @@ pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleEr
         }
         .into());
     }
+    let StateDb::Sqlite(db) = db else {
+        unreachable!("PostgreSQL returned above")
+    };
     let path = db.path().to_path_buf();
     let sql = |cause| StateError::Sql {
         path: path.clone(),
@@ -176,15 +212,9 @@ pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleEr
         "DELETE FROM health WHERE instance = ?1",
         "DELETE FROM origins WHERE instance = ?1",
         "DELETE FROM holders WHERE instance = ?1",
+        "DELETE FROM sink_progress WHERE instance = ?1",
     ] {
         tx.execute(table, [instance]).map_err(sql)?;
-    }
-    // A network sink's batch and error count; the table exists once a sink wrote it.
-    match tx.execute("DELETE FROM sink_progress WHERE instance = ?1", [instance]) {
-        Err(e) if e.to_string().contains("no such table") => {}
-        other => {
-            other.map_err(sql)?;
-        }
     }
     tx.commit().map_err(sql)?;
     Ok(forgotten)
@@ -200,21 +230,21 @@ mod tests {
         let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
         db.ensure_instance("alerts", "defender-alerts").unwrap();
         db.ensure_instance("other", "defender-alerts").unwrap();
-        bind_source(&db, "alerts", "/t/acme/alerts.json", true).unwrap();
-        bind_source(&db, "alerts", "/t/acme/alerts.json", true).unwrap();
-        let err = bind_source(&db, "alerts", "/t/globex/alerts.json", true).unwrap_err();
+        bind_source(&mut db, "alerts", "/t/acme/alerts.json", true).unwrap();
+        bind_source(&mut db, "alerts", "/t/acme/alerts.json", true).unwrap();
+        let err = bind_source(&mut db, "alerts", "/t/globex/alerts.json", true).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("/t/acme/alerts.json") && message.contains("--instance"),
             "{message}"
         );
         // Named explicitly: the file replaces the old one.
-        bind_source(&db, "alerts", "/t/globex/alerts.json", false).unwrap();
+        bind_source(&mut db, "alerts", "/t/globex/alerts.json", false).unwrap();
 
-        mark_removed(&db, "alerts", "2026-12-01T04:00:00Z").unwrap();
-        assert_eq!(removed(&db).unwrap().len(), 1);
+        mark_removed(&mut db, "alerts", "2026-12-01T04:00:00Z").unwrap();
+        assert_eq!(removed(&mut db).unwrap().len(), 1);
         forget(&mut db, "alerts").unwrap();
-        assert!(removed(&db).unwrap().is_empty());
+        assert!(removed(&mut db).unwrap().is_empty());
         assert_eq!(db.cursor("alerts").unwrap(), None);
         assert!(db.ensure_instance("other", "defender-alerts").is_ok());
         let names: Vec<_> = db

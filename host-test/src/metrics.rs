@@ -206,7 +206,7 @@ pub fn render_all(
 
 /// The figures of every instance not removed (a removed instance leaves the metrics,
 /// `connector_up` included, while `status` still shows it until it is forgotten).
-fn scrape(db: &StateDb) -> Result<String, crate::state::StateError> {
+fn scrape(db: &mut StateDb) -> Result<String, crate::state::StateError> {
     let removed = crate::lifecycle::removed(db)?;
     let rows: Vec<HealthRow> = db
         .health()?
@@ -224,9 +224,13 @@ fn scrape(db: &StateDb) -> Result<String, crate::state::StateError> {
 }
 
 /// `/readyz`: the instances were loaded (`loaded`) and the state file can be written.
-fn readiness(db: &StateDb, loaded: bool) -> Result<(), String> {
+fn readiness(db: &mut StateDb, loaded: bool) -> Result<(), String> {
     if !loaded {
         return Err("the instances directory has not been loaded yet".into());
+    }
+    if let Some(pg) = db.postgres() {
+        // A store that answers: the health records (a read) come back.
+        return pg.health().map(drop).map_err(|e| e.to_string());
     }
     std::fs::OpenOptions::new()
         .write(true)
@@ -269,7 +273,7 @@ pub fn spawn(
                 };
                 let db = || state.lock().unwrap_or_else(|p| p.into_inner());
                 let response = match request.url() {
-                    "/metrics" => match scrape(&db()) {
+                    "/metrics" => match scrape(&mut db()) {
                         Ok(text) => {
                             tiny_http::Response::from_string(text).with_header(content_type(
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -280,7 +284,7 @@ pub fn spawn(
                         }
                     },
                     "/healthz" => tiny_http::Response::from_string("ok\n"),
-                    "/readyz" => match readiness(&db(), loaded.load(Ordering::Relaxed)) {
+                    "/readyz" => match readiness(&mut db(), loaded.load(Ordering::Relaxed)) {
                         Ok(()) => tiny_http::Response::from_string("ready\n"),
                         Err(why) => tiny_http::Response::from_string(format!("not ready: {why}\n"))
                             .with_status_code(503),

@@ -54,7 +54,11 @@ impl RunError {
             RunError::Sink(SinkError::Config { .. }) => 2,
             // Another process holds the instance, or a component swapped under it: a usage
             // error, not the connector's.
-            RunError::State(StateError::Held { .. } | StateError::WrongConnector { .. }) => 2,
+            RunError::State(
+                StateError::Held { .. }
+                | StateError::Leased { .. }
+                | StateError::WrongConnector { .. },
+            ) => 2,
             _ => 1,
         }
     }
@@ -243,11 +247,12 @@ pub struct Runner {
     /// `run --once`: a sink that cannot take events ends the run (exit 1) instead of
     /// holding the lines for later.
     once: bool,
-    /// A component instance kept between polls: only for components built for WIT 0.1,
-    /// which keep their access token in their own memory (a fresh instance per poll would
-    /// ask for a token at every poll). Later components keep it in the host's token cache
-    /// and get a fresh instance per poll, dropped when the poll ends: an idle instance
-    /// holds no store or linear memory.
+    /// A component instance kept between polls: for components built for WIT 0.1, which
+    /// keep their access token in their own memory (a fresh instance per poll would ask
+    /// for a token at every poll), and to the end of `run --once`, whose catch-up ends
+    /// with the windows its instance opened (see the guest's `poll`). Otherwise a fresh
+    /// instance per poll, dropped when the poll ends (the token is in the host's token
+    /// cache): an idle instance holds no store or linear memory.
     instance: Option<Instance>,
     keep_instance: bool,
     /// Polls made, when recording (fixture replay).
@@ -307,7 +312,12 @@ impl Runner {
             &now,
         )?);
         if let Some((source, strict)) = &runner.setup.source {
-            crate::lifecycle::bind_source(&runner.db(), &runner.setup.instance, source, *strict)?;
+            crate::lifecycle::bind_source(
+                &mut runner.db(),
+                &runner.setup.instance,
+                source,
+                *strict,
+            )?;
         }
         runner
             .db()
@@ -384,10 +394,30 @@ impl Runner {
             self.sink_generation = generation;
         }
         let lines = self.db().undelivered(&name)?;
+        // A fleet host never sends a line its file already has: a host fenced between its
+        // lease check and its write (a stop at exactly that moment) would otherwise repeat
+        // lines its successor wrote. Only a file can be read back; a network sink's repeats
+        // are what its idempotency keys (webhook) and `seq` headers (Kafka) are for.
+        let fleet = self.db().postgres().is_some();
+        let skip_to = match lines.last() {
+            Some(_) if fleet => {
+                self.db().check_lease(&name)?;
+                self.sink()?.last_seq(&name)?
+            }
+            _ => None,
+        };
+        let last = lines.last().map(|&(s, _)| s);
+        let lines: Vec<(u64, String)> = match skip_to {
+            Some(written) => lines.into_iter().filter(|(s, _)| *s > written).collect(),
+            None => lines,
+        };
         let mut rest = &lines[..];
         let mut delivered = 0;
         let state = self.setup.state.clone();
         while !rest.is_empty() {
+            // A send can outlast a lease (a webhook's retries): each part is sent only
+            // while this host still holds the instance.
+            self.db().check_lease(&name)?;
             let n = self.sink()?.send(&name, rest, flush, &state)?;
             if n == 0 {
                 break;
@@ -395,6 +425,10 @@ impl Runner {
             self.db().mark_delivered(&name, rest[n - 1].0)?;
             delivered += n;
             rest = &rest[n..];
+        }
+        // Every line was already in the file: recorded as delivered without a write.
+        if let (Some(last), true) = (last, lines.is_empty()) {
+            self.db().mark_delivered(&name, last)?;
         }
         // Only an acknowledgement (or nothing to send) shows the sink works again: lines
         // a batching sink holds back were not tried.
@@ -487,6 +521,7 @@ impl Runner {
     /// Polls until the component has no `more` (`once`), or until `stop` is raised,
     /// waiting `interval` between rounds.
     pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
+        self.keep_instance |= once;
         while !self.setup.stop.load(Ordering::Relaxed) {
             let Some(wait) = self.poll_round(once, interval)? else {
                 if self.sink_held.is_some() {
@@ -549,8 +584,8 @@ impl Runner {
         if let Some(r) = self.records.as_mut().and_then(|r| r.last_mut()) {
             r.wait_secs = wait.as_secs();
         }
-        // A 0.1 component's instance holds its token: `run --once` keeps it to the end;
-        // otherwise a wait drops it like the end of a turn in `serve`.
+        // `run --once` keeps its instance to the end, waits included; otherwise a wait
+        // drops a kept one like the end of a turn in `serve`.
         if !once && !wait.is_zero() {
             self.release_instance();
         }
@@ -781,7 +816,7 @@ impl Runner {
             .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= QUIET_LOG_EVERY)
             && !batch.more
         {
-            tracing::info!(instance = %name, newest_event = newest_seen(&self.db(), &name).as_deref(),
+            tracing::info!(instance = %name, newest_event = newest_seen(&mut self.db(), &name).as_deref(),
                 "up to date: no new events");
             self.last_poll_line = Some(now);
         } else {
@@ -801,7 +836,7 @@ impl Runner {
 const QUIET_LOG_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// The newest event time in the instance's health record, for the "up to date" line.
-fn newest_seen(db: &StateDb, instance: &str) -> Option<String> {
+fn newest_seen(db: &mut StateDb, instance: &str) -> Option<String> {
     db.health()
         .ok()?
         .into_iter()

@@ -108,6 +108,9 @@ pub struct ServeOptions {
     pub sink: Option<String>,
     /// See [`RunSetup::sink_max_lag`].
     pub sink_max_lag: u64,
+    /// With a PostgreSQL store: how long a lease lasts unless renewed, the time a fleet
+    /// takes to notice a dead host.
+    pub lease_ttl: Duration,
 }
 
 /// Workers of `serve` by default. A poll mostly waits on Graph (100 ms to the HTTP
@@ -135,6 +138,7 @@ impl ServeOptions {
             workers: DEFAULT_WORKERS,
             sink: None,
             sink_max_lag: crate::runner::DEFAULT_SINK_MAX_LAG,
+            lease_ttl: crate::state::postgres::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -187,6 +191,9 @@ pub struct Server<'a> {
     scheduler: Option<Scheduler>,
     /// The access tokens of the instances, in memory only (see [`crate::imports::token_cache`]).
     tokens: TokenCache,
+    /// A fleet's lease renewal (PostgreSQL only), and what stops it.
+    renewer: Option<std::thread::JoinHandle<()>>,
+    stop_renewer: Arc<AtomicBool>,
 }
 
 /// What a file was when an instance was started from it: a change restarts the instance.
@@ -220,9 +227,16 @@ impl<'a> Server<'a> {
                 cause,
             })?;
         }
-        let state = Arc::new(Mutex::new(StateDb::open(&options.state)?));
+        let mut db = StateDb::open(&options.state)?;
+        db.set_lease_ttl(options.lease_ttl);
+        let state = Arc::new(Mutex::new(db));
         let scheduler = Scheduler::new(options.workers).map_err(ServeError::Workers)?;
+        let stop_renewer = Arc::new(AtomicBool::new(false));
+        let renewer = crate::fleet::spawn_renewer(&state, stop_renewer.clone())
+            .map_err(ServeError::Workers)?;
         Ok(Server {
+            renewer,
+            stop_renewer,
             scheduler: Some(scheduler),
             tokens: TokenCache::default(),
             engine,
@@ -270,16 +284,35 @@ impl<'a> Server<'a> {
                 r.stop.store(true, Ordering::Relaxed);
             }
         }
+        // A fleet host leaves first, so the others count it gone and take each of its
+        // instances the moment its poll in flight ends and its lease is released.
+        if let Some(pg) = self.lock_state().postgres()
+            && let Err(e) = pg.leave_fleet()
+        {
+            tracing::warn!("cannot leave the fleet: {e}; the others take over after the lease TTL");
+        }
         if let Some(scheduler) = self.scheduler.take() {
             scheduler.shutdown();
         }
         self.slots.clear();
+        self.stop_renewer.store(true, Ordering::Relaxed);
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.join();
+        }
         Ok(())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, StateDb> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Brings the running instances in line with the directory.
     pub fn reconcile(&mut self) -> Result<(), ServeError> {
         let files = self.scan()?;
+        // Every host of a fleet reads the same directory: its count sets each one's share.
+        if let Some(pg) = self.lock_state().postgres() {
+            pg.set_fleet_size(files.len());
+        }
         let gone: Vec<String> = self
             .slots
             .keys()
@@ -291,8 +324,8 @@ impl<'a> Server<'a> {
             self.stop(&name);
             self.tokens.forget(&name);
             let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-            let db = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = crate::lifecycle::mark_removed(&db, &name, &at) {
+            let mut db = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = crate::lifecycle::mark_removed(&mut db, &name, &at) {
                 tracing::warn!(instance = %name, "cannot record the removal: {e}");
             }
         }
@@ -534,6 +567,50 @@ impl InstanceJob {
         Ok(runner)
     }
 
+    /// On a fleet's store, before a turn: an instance whose lease this host lost is
+    /// dropped, and one this host may not take now (another host leases it, or this host
+    /// has its share) is not started (which would cost a component instance) but looked
+    /// at again shortly. `None`: go on with the turn.
+    fn lease_check(&mut self) -> Option<Turn> {
+        let mut db = self.setup.state.lock().unwrap_or_else(|p| p.into_inner());
+        let pg = db.postgres()?;
+        let name = &self.setup.instance;
+        if self.runner.is_some() {
+            if pg.holds(name) {
+                return None;
+            }
+            drop(db);
+            tracing::warn!(instance = %name, "lease lost: the instance stops here");
+            self.runner = None;
+            return Some(Turn::After(crate::fleet::LEASE_RETRY));
+        }
+        match pg.may_take(name) {
+            Ok(()) => None,
+            Err(e @ (StateError::Leased { .. } | StateError::FairShare { .. })) => {
+                tracing::debug!(instance = %name, "not taken: {e}");
+                Some(Turn::After(crate::fleet::LEASE_RETRY))
+            }
+            // The store is unreachable: starting reports it (health, log) and pauses.
+            Err(_) => None,
+        }
+    }
+
+    /// After a turn on a fleet's store: whether this host gave the instance up because
+    /// it holds more than its share (a host joined).
+    fn over_share(&mut self) -> bool {
+        let mut db = self.setup.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pg) = db.postgres() else {
+            return false;
+        };
+        match pg.over_share(&self.setup.instance) {
+            Ok(over) => over,
+            Err(e) => {
+                tracing::debug!(instance = %self.setup.instance, "cannot count the share: {e}");
+                false
+            }
+        }
+    }
+
     fn polls(&mut self, runner: &mut Runner) -> Result<Duration, RunError> {
         for _ in 0..POLLS_PER_TURN {
             let wait = runner
@@ -559,6 +636,15 @@ impl InstanceJob {
                 record_failure(state, clock, &name, "config", &message);
                 Turn::Done
             }
+            RunError::State(e @ (StateError::Leased { .. } | StateError::FairShare { .. })) => {
+                // Taken by another host between the check and the take: not this one's.
+                tracing::debug!(instance = %name, "not taken: {e}");
+                Turn::After(crate::fleet::LEASE_RETRY)
+            }
+            RunError::State(e @ StateError::Fenced { .. }) => {
+                tracing::warn!(instance = %name, "{e}");
+                Turn::After(crate::fleet::LEASE_RETRY)
+            }
             RunError::State(e @ StateError::Held { .. }) => {
                 // The holder's health record is its own: only the log says this one waits.
                 tracing::error!(instance = %name, "instance not started: {e}; trying again in {}s",
@@ -569,9 +655,11 @@ impl InstanceJob {
                 let code = match e {
                     RunError::Sink(crate::sink::SinkError::Config { .. }) => "config",
                     RunError::Sink(_) => "delivery",
-                    RunError::State(StateError::WrongConnector { .. }) | RunError::Lifecycle(_) => {
-                        "config"
-                    }
+                    // A store that could not be reached while the instance started is
+                    // the host's failure (retried), not a config to fix.
+                    RunError::State(StateError::WrongConnector { .. }) => "config",
+                    RunError::Lifecycle(crate::lifecycle::LifecycleError::State(_)) => "host",
+                    RunError::Lifecycle(_) => "config",
                     _ => "host",
                 };
                 tracing::error!(instance = %name, "instance failed, restarting in {}s: {e}", pause.as_secs());
@@ -592,6 +680,9 @@ impl Job for InstanceJob {
         if self.setup.stop.load(Ordering::Relaxed) {
             return Turn::Done;
         }
+        if let Some(retry) = self.lease_check() {
+            return retry;
+        }
         let mut runner = match self.runner.take() {
             Some(r) => r,
             None => match self.start() {
@@ -603,6 +694,12 @@ impl Job for InstanceJob {
             Ok(wait) => {
                 // Between turns the instance holds no component instance, whatever its wait.
                 runner.release_instance();
+                if self.over_share() {
+                    tracing::info!(instance = %self.setup.instance,
+                        "handing the instance over: this host holds more than its share");
+                    drop(runner);
+                    return Turn::After(crate::fleet::LEASE_RETRY);
+                }
                 self.runner = Some(runner);
                 Turn::After(wait)
             }
@@ -666,7 +763,7 @@ fn record_failure(
         newest_event: None,
         degraded: None,
     };
-    let db = state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut db = state.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = db.record_poll(name, &health) {
         tracing::warn!(instance = %name, "cannot record the instance's health: {e}");
     }

@@ -44,16 +44,18 @@ pub struct InstanceStatus {
 }
 
 /// Every instance of the state file, by name.
-pub fn read(db: &StateDb) -> Result<Vec<InstanceStatus>, crate::state::StateError> {
+pub fn read(db: &mut StateDb) -> Result<Vec<InstanceStatus>, crate::state::StateError> {
     // An empty file, or one a first writer is creating this moment: no instances yet.
-    let created = crate::holder::has_table(db, "instances").map_err(|cause| {
-        crate::state::StateError::Sql {
-            path: db.path().to_path_buf(),
-            cause,
+    if let StateDb::Sqlite(file) = db {
+        let created = crate::holder::has_table(file, "instances").map_err(|cause| {
+            crate::state::StateError::Sql {
+                path: file.path().to_path_buf(),
+                cause,
+            }
+        })?;
+        if !created {
+            return Ok(Vec::new());
         }
-    })?;
-    if !created {
-        return Ok(Vec::new());
     }
     let mut holders = live_holders(db)?;
     let removed = crate::lifecycle::removed(db)?;
@@ -112,14 +114,14 @@ fn from_row(
 
 /// Prints the table (or `--json`). A closed pipe (`status | head -1`) ends it quietly.
 pub(crate) fn print(path: &Path, json: bool) -> Result<(), Failure> {
-    if !path.exists() {
+    if !crate::state::is_postgres_url(path) && !path.exists() {
         return Err(Failure::usage(format!(
             "no state file at {}",
             path.display()
         )));
     }
     let rows = StateDb::open_for_reading(path)
-        .and_then(|db| read(&db))
+        .and_then(|mut db| read(&mut db))
         .map_err(Failure::usage)?;
     let text = if json {
         serde_json::to_string_pretty(&rows).expect("status serializes") + "\n"

@@ -1,6 +1,7 @@
 //! Crash consistency: `connector-host run` is killed with SIGKILL at random moments while it
 //! backfills and while the tenant keeps changing, restarted each time, and at the end its
-//! `--out` holds every alert version exactly once with `seq` contiguous.
+//! `--out` holds every alert version exactly once with `seq` contiguous; with a SQLite
+//! state file and with a PostgreSQL one.
 //!
 //! `CRASH_KILLS=200 cargo test -p connector-host --test crash -- --nocapture` runs it longer
 //! (`host-test/crash-test.sh`).
@@ -27,6 +28,19 @@ impl Rng {
 
 #[test]
 fn kill_9_at_random_moments_neither_loses_nor_repeats_a_line() {
+    crash_test(None);
+}
+
+/// The same on a PostgreSQL store: the lease of a killed `run` on this machine is taken
+/// over at once (its process is gone), and the transaction it had open is rolled back.
+#[test]
+fn kill_9_at_random_moments_on_postgresql_neither_loses_nor_repeats_a_line() {
+    let server = support::postgres::PgServer::start();
+    crash_test(Some(server.database("crash")));
+}
+
+/// `state`: a PostgreSQL URL, or the tenant's SQLite file.
+fn crash_test(state: Option<String>) {
     let kills: usize = std::env::var("CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -51,11 +65,16 @@ fn kill_9_at_random_moments_neither_loses_nor_repeats_a_line() {
     sim.add_alerts("a", 120, Duration::from_secs(20 * 3600));
     let tenant = Tenant::new(&sim);
     let args = |once: bool| {
-        tenant.run_args(
+        let mut args = tenant.run_args(
             "defender-alerts",
             once,
             &["--log-level", "warn", "--interval", "1"],
-        )
+        );
+        if let Some(url) = &state {
+            let at = args.iter().position(|a| a == "--state").unwrap() + 1;
+            args[at] = url.clone();
+        }
+        args
     };
 
     for k in 0..kills {

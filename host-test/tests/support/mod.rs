@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod graph_sim;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;

@@ -1,92 +1,25 @@
-//! The host's durable state, one SQLite file shared by any number of instances: each
-//! instance's cursor, KV namespace and outbox of event lines not yet delivered.
+//! The SQLite backend of the state store: one file shared by any number of instances of
+//! one machine, each instance's cursor, KV namespace and outbox of event lines not yet
+//! delivered.
 //!
 //! A poll commits its event lines, its cursor and its staged KV writes in one transaction
-//! ([`StateDb::commit_poll`]); delivery then moves lines from the outbox to the sink and
+//! ([`SqliteDb::commit_poll`]); delivery then moves lines from the outbox to the sink and
 //! records the last delivered `seq`. WAL with `synchronous=FULL`: a committed poll survives
 //! a power cut, and a crash mid-transaction leaves the previous state.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-const SCHEMA_VERSION: i64 = 4;
+use super::{HealthRow, KvWrites, PollHealth, StateError, degraded_of};
+
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// How long a statement waits for another process's write lock before failing.
-const BUSY_TIMEOUT_SECS: u64 = 10;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error(
-        "the directory of the state file {path} does not exist; create it (mkdir -p) or \
-         name a state file in an existing directory"
-    )]
-    NoDirectory { path: PathBuf },
-    #[error("the state file {path} is a directory; name a file in it, e.g. {path}/state.db")]
-    IsDirectory { path: PathBuf },
-    #[error(
-        "{path} is not a SQLite database (it begins with {start:?}); --state takes the \
-         connector's state database (created if missing), not a config or other file: check \
-         the path. The file was left as it is"
-    )]
-    NotSqlite { path: PathBuf, start: String },
-    #[error(
-        "{path} is a SQLite database of something else (it holds tables {tables}, not a \
-         connector state); name a new file for the state. The file was left as it is"
-    )]
-    Foreign { path: PathBuf, tables: String },
-    #[error(
-        "the state file {path} cannot be written ({cause}); run and serve commit every poll \
-         to it: make the file and its directory writable for this user, or name another file"
-    )]
-    ReadOnly { path: PathBuf, cause: String },
-    #[error(
-        "instance {instance:?} in {path} is held by process {pid} on host {host} since \
-         {since}; one process at a time runs an instance: stop that process, or give this \
-         one another instance name or state file"
-    )]
-    Held {
-        path: PathBuf,
-        instance: String,
-        pid: u32,
-        host: String,
-        since: String,
-    },
-    #[error(
-        "the state file {path} is not a usable SQLite database ({cause}); \
-         restore it from a backup, or delete it to start the instance over (a full backfill)"
-    )]
-    Corrupt { path: PathBuf, cause: String },
-    #[error(
-        "the state file {path} stayed locked by another process for {BUSY_TIMEOUT_SECS} s; \
-         try again, and check that no stuck process holds it"
-    )]
-    Busy { path: PathBuf },
-    #[error(
-        "the state file {path} was written by a newer connector-host (schema {found}, this host knows {SCHEMA_VERSION}); use that version"
-    )]
-    NewerSchema { path: PathBuf, found: i64 },
-    #[error(
-        "instance {instance:?} in {path} was created by {owner}; the component is \
-         {connector}: use the {owner} component for it, or give this instance another \
-         name (--instance) or another state file"
-    )]
-    WrongConnector {
-        path: PathBuf,
-        instance: String,
-        owner: String,
-        connector: String,
-    },
-    #[error("state store ({path}): {cause}")]
-    Sql {
-        path: PathBuf,
-        cause: rusqlite::Error,
-    },
-}
+pub(super) const BUSY_TIMEOUT_SECS: u64 = 10;
 
 /// Wraps a SQLite error with the state file's path (for use while `conn` is borrowed).
 fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
@@ -96,63 +29,12 @@ fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     }
 }
 
-pub struct StateDb {
+pub struct SqliteDb {
     conn: Connection,
     path: PathBuf,
 }
 
-/// What one poll adds to an instance's health record.
-pub struct PollHealth<'a> {
-    /// RFC 3339, the host's clock.
-    pub at: &'a str,
-    pub ok: bool,
-    pub events: u64,
-    pub requests: u64,
-    /// Responses that were 429.
-    pub throttled: u64,
-    pub error: Option<&'a str>,
-    /// A short code for the failure (`throttled`, `transient`, `auth`, `fatal`, `trap`,
-    /// `config`, `host`, `instance-file`): a metric label, where the message cannot be.
-    pub code: Option<&'a str>,
-    /// The newest event time of the poll, RFC 3339 with milliseconds (comparable as text).
-    pub newest_event: Option<&'a str>,
-    /// The data types a committed poll reported as not reading normally: they replace the
-    /// stored list (empty clears it). `None` (a failed poll) keeps the previous list.
-    pub degraded: Option<&'a [Degraded]>,
-}
-
-/// A data type the connector reported as not reading normally (the WIT `degraded-type`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Degraded {
-    pub data_type: String,
-    /// `throttled`, `transient`, `failing` or `fallback`.
-    pub code: String,
-    pub message: String,
-}
-
-/// An instance's health, as `connector-host status` shows it.
-#[derive(Debug)]
-pub struct HealthRow {
-    pub instance: String,
-    pub connector: String,
-    pub last_poll: Option<String>,
-    pub last_success: Option<String>,
-    pub newest_event: Option<String>,
-    pub events: u64,
-    pub requests: u64,
-    pub throttled: u64,
-    pub waited_secs: u64,
-    pub failures: u64,
-    pub last_error: Option<String>,
-    pub last_error_code: Option<String>,
-    /// As the last committed poll reported them; empty when every type reads normally.
-    pub degraded: Vec<Degraded>,
-}
-
-/// A staged KV write: `Some(value)` sets, `None` deletes.
-pub type KvWrites = BTreeMap<String, Option<String>>;
-
-impl StateDb {
+impl SqliteDb {
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let corrupt = corrupt_error(path);
         let in_memory = path == Path::new(":memory:");
@@ -180,7 +62,7 @@ impl StateDb {
             .map_err(&corrupt)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(&corrupt)?;
-        let db = StateDb {
+        let db = SqliteDb {
             conn,
             path: path.to_path_buf(),
         };
@@ -215,9 +97,10 @@ impl StateDb {
             return Err(StateError::NewerSchema {
                 path: path.to_path_buf(),
                 found: version,
+                known: SCHEMA_VERSION,
             });
         }
-        Ok(StateDb {
+        Ok(SqliteDb {
             conn,
             path: path.to_path_buf(),
         })
@@ -253,6 +136,7 @@ impl StateDb {
             return Err(StateError::NewerSchema {
                 path: self.path.clone(),
                 found: version,
+                known: SCHEMA_VERSION,
             });
         }
         if version == SCHEMA_VERSION {
@@ -262,7 +146,10 @@ impl StateDb {
         if version < 3 {
             self.migrate_to_3(version)?;
         }
-        self.migrate_to_4_ops()
+        if version < 4 {
+            self.migrate_to_4_ops()?;
+        }
+        self.migrate_to_5_sinks()
     }
 
     /// Schema 3: instances, KV, outbox and health.
@@ -365,6 +252,24 @@ impl StateDb {
                      removed TEXT
                  );
                  PRAGMA user_version = 4;
+                 COMMIT;",
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Schema 5, what network sinks keep between runs: `sink_progress`, the batch a
+    /// webhook sent last and each instance's count of failed deliveries.
+    fn migrate_to_5_sinks(&self) -> Result<(), StateError> {
+        self.conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS sink_progress (
+                     instance TEXT PRIMARY KEY,
+                     batch_first INTEGER,
+                     batch_last INTEGER,
+                     errors INTEGER NOT NULL DEFAULT 0
+                 );
+                 PRAGMA user_version = 5;
                  COMMIT;",
             )
             .map_err(|e| self.sql(e))
@@ -630,16 +535,8 @@ impl StateDb {
 
 /// What network sinks keep between runs: the batch a webhook sent last (so a re-send after
 /// a crash carries the same lines under the same idempotency key) and a count of failed
-/// deliveries (the metric `connector_sink_errors_total`). Its table is made on first
-/// write, so state files of earlier versions and read-only opens need nothing.
-impl StateDb {
-    const SINK_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS sink_progress (
-        instance TEXT PRIMARY KEY,
-        batch_first INTEGER,
-        batch_last INTEGER,
-        errors INTEGER NOT NULL DEFAULT 0
-    )";
-
+/// deliveries (the metric `connector_sink_errors_total`). The table is schema 5's.
+impl SqliteDb {
     /// The seq range of the batch last cut for `instance`, if any.
     pub fn sink_batch(&self, instance: &str) -> Result<Option<(u64, u64)>, StateError> {
         let row = self
@@ -661,16 +558,13 @@ impl StateDb {
     /// Records the batch about to be sent, before it is sent.
     pub fn set_sink_batch(&self, instance: &str, first: u64, last: u64) -> Result<(), StateError> {
         self.conn
-            .execute_batch(Self::SINK_TABLE)
-            .and_then(|()| {
-                self.conn.execute(
-                    "INSERT INTO sink_progress (instance, batch_first, batch_last)
-                     VALUES (?1, ?2, ?3) ON CONFLICT (instance)
-                     DO UPDATE SET batch_first = excluded.batch_first,
-                                   batch_last = excluded.batch_last",
-                    params![instance, first, last],
-                )
-            })
+            .execute(
+                "INSERT INTO sink_progress (instance, batch_first, batch_last)
+                 VALUES (?1, ?2, ?3) ON CONFLICT (instance)
+                 DO UPDATE SET batch_first = excluded.batch_first,
+                               batch_last = excluded.batch_last",
+                params![instance, first, last],
+            )
             .map(drop)
             .map_err(|e| self.sql(e))
     }
@@ -678,14 +572,11 @@ impl StateDb {
     /// Counts one failed delivery of `instance`.
     pub fn add_sink_error(&self, instance: &str) -> Result<(), StateError> {
         self.conn
-            .execute_batch(Self::SINK_TABLE)
-            .and_then(|()| {
-                self.conn.execute(
-                    "INSERT INTO sink_progress (instance, errors) VALUES (?1, 1)
-                     ON CONFLICT (instance) DO UPDATE SET errors = errors + 1",
-                    [instance],
-                )
-            })
+            .execute(
+                "INSERT INTO sink_progress (instance, errors) VALUES (?1, 1)
+                 ON CONFLICT (instance) DO UPDATE SET errors = errors + 1",
+                [instance],
+            )
             .map(drop)
             .map_err(|e| self.sql(e))
     }
@@ -707,7 +598,8 @@ impl StateDb {
     }
 }
 
-/// A state file no network sink has written to yet.
+/// A file of schema 4 or older opened for reading only (`status` of a file no newer host
+/// has migrated yet): it has no sink state to show.
 fn no_sink_table(e: &rusqlite::Error) -> bool {
     e.to_string().contains("no such table: sink_progress")
 }
@@ -820,13 +712,6 @@ pub(crate) fn write_transaction(
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
-/// The stored degraded list; a value this host cannot read shows as none rather than
-/// failing `status`.
-fn degraded_of(json: Option<&str>) -> Vec<Degraded> {
-    json.and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default()
-}
-
 /// Adds one poll to an instance's health record (inside the poll's transaction, or alone).
 fn upsert_health(conn: &Connection, instance: &str, h: &PollHealth) -> rusqlite::Result<()> {
     let degraded = h
@@ -872,53 +757,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_poll_commits_lines_cursor_and_kv_together_and_delivery_drains_the_outbox() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
-        db.ensure_instance("a", "defender-alerts").unwrap();
-        let kv: KvWrites = [("k".to_string(), Some("v".to_string()))].into();
-        let seqs = db
-            .commit_poll(
-                "a",
-                2,
-                |seq, i| format!("{seq}:{i}"),
-                "c1",
-                &kv,
-                &PollHealth {
-                    at: "2026-11-20T12:00:00Z",
-                    ok: true,
-                    events: 2,
-                    requests: 1,
-                    throttled: 0,
-                    error: None,
-                    code: None,
-                    newest_event: Some("2026-11-20T11:00:00.000Z"),
-                    degraded: None,
-                },
-            )
-            .unwrap();
-        assert_eq!(seqs, 1..=2);
-        assert_eq!(db.cursor("a").unwrap().as_deref(), Some("c1"));
-        assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some("v"));
-        let health = &db.health().unwrap()[0];
-        assert_eq!(
-            (health.events, health.failures),
-            (2, 0),
-            "health commits with the poll"
-        );
-        assert_eq!(db.undelivered("a").unwrap().len(), 2);
-        db.mark_delivered("a", 1).unwrap();
-        assert_eq!(db.undelivered("a").unwrap(), vec![(2, "2:1".to_string())]);
-        assert_eq!(db.seqs("a").unwrap(), (2, 1));
-        let err = db.ensure_instance("a", "entra").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("was created by defender-alerts; the component is entra"),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn a_file_that_is_not_a_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
@@ -927,7 +765,7 @@ mod tests {
             b"this is not sqlite, just some text that is long enough",
         )
         .unwrap();
-        let err = StateDb::open(&path).err().expect("refused").to_string();
+        let err = SqliteDb::open(&path).err().expect("refused").to_string();
         assert!(err.contains("is not a SQLite database"), "{err}");
         assert!(
             !err.contains("delete"),
@@ -937,7 +775,7 @@ mod tests {
         let mut bytes = SQLITE_HEADER.to_vec();
         bytes.extend(vec![0xAB; 4096]);
         std::fs::write(&path, bytes).unwrap();
-        let err = StateDb::open(&path).err().expect("refused").to_string();
+        let err = SqliteDb::open(&path).err().expect("refused").to_string();
         assert!(
             err.contains("not a usable SQLite database") && err.contains("delete it"),
             "{err}"
@@ -966,7 +804,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = StateDb::open(&path).unwrap();
+        let db = SqliteDb::open(&path).unwrap();
         let failure = PollHealth {
             at: "2026-11-20T12:00:00Z",
             ok: false,
@@ -999,80 +837,11 @@ mod tests {
         );
     }
 
-    fn poll_health<'a>(ok: bool, degraded: Option<&'a [Degraded]>) -> PollHealth<'a> {
-        PollHealth {
-            at: "2026-11-20T12:00:00Z",
-            ok,
-            events: 0,
-            requests: 1,
-            throttled: 0,
-            error: (!ok).then_some("boom"),
-            code: (!ok).then_some("transient"),
-            newest_event: None,
-            degraded,
-        }
-    }
-
-    #[test]
-    fn a_committed_poll_replaces_the_degraded_list_and_a_failed_one_keeps_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut db = StateDb::open(&path).unwrap();
-        db.ensure_instance("a", "entra").unwrap();
-        let commit = |db: &mut StateDb, degraded: &[Degraded]| {
-            db.commit_poll(
-                "a",
-                0,
-                |_, _| unreachable!(),
-                "c",
-                &KvWrites::new(),
-                &poll_health(true, Some(degraded)),
-            )
-            .unwrap();
-        };
-        let stored = |db: &StateDb| db.health().unwrap()[0].degraded.clone();
-        assert!(stored(&db).is_empty(), "no poll yet: nothing degraded");
-
-        let throttled = vec![Degraded {
-            data_type: "risk_detections".into(),
-            code: "throttled".into(),
-            message: "429 \"quoted\", waiting 60 s".into(),
-        }];
-        commit(&mut db, &throttled);
-        assert_eq!(stored(&db), throttled);
-
-        // A failed poll says nothing about the types: the list stays.
-        db.record_poll("a", &poll_health(false, None)).unwrap();
-        assert_eq!(stored(&db), throttled);
-
-        // It survives a reopen (the column is there, nothing is added twice).
-        drop(db);
-        let mut db = StateDb::open(&path).unwrap();
-        assert_eq!(stored(&db), throttled);
-
-        let two = vec![
-            Degraded {
-                data_type: "incidents".into(),
-                code: "fallback".into(),
-                message: "without $expand=alerts".into(),
-            },
-            Degraded {
-                data_type: "alerts".into(),
-                code: "failing".into(),
-                message: "400".into(),
-            },
-        ];
-        commit(&mut db, &two);
-        assert_eq!(stored(&db), two, "replaced, in the connector's order");
-        commit(&mut db, &[]);
-        assert!(stored(&db).is_empty(), "a poll reporting none clears it");
-    }
-
     #[test]
     fn a_file_without_the_degraded_column_gains_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        StateDb::open(&path).unwrap();
+        SqliteDb::open(&path).unwrap();
         {
             // What a host before this column wrote: the same schema number, no column.
             let conn = Connection::open(&path).unwrap();
@@ -1082,7 +851,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = StateDb::open(&path).unwrap();
+        let db = SqliteDb::open(&path).unwrap();
         let rows = db.health().unwrap();
         assert_eq!((rows[0].events, rows[0].degraded.len()), (3, 0));
     }
