@@ -315,22 +315,47 @@ fn sim_with_alerts() -> GraphSim {
 
 #[test]
 fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
+    webhook_kill_test(None);
+}
+
+/// The same on a PostgreSQL store: the webhook batch being sent is recorded there (under
+/// the lease's fencing token), so a run after a kill re-sends it under the same key.
+#[test]
+fn webhook_kill_9_on_postgresql_loses_nothing_and_repeats_are_recognisable() {
+    let server = support::postgres::PgServer::start();
+    webhook_kill_test(Some(server.database("webhook_kills")));
+}
+
+/// `state`: a PostgreSQL URL, or the tenant's SQLite file.
+fn webhook_kill_test(state: Option<String>) {
     let mut rng = Rng::seeded("webhook kills");
     let sim = sim_with_alerts();
     let receiver = Receiver::start(0, true);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
+    let with_state = |mut args: Vec<String>| {
+        if let Some(url) = &state {
+            let at = args.iter().position(|a| a == "--state").unwrap() + 1;
+            args[at] = url.clone();
+        }
+        args
+    };
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
-    let args = run_args(
+    let args = with_state(run_args(
         &tenant,
         &sink,
         false,
         &["--log-level", "warn", "--interval", "1"],
-    );
+    ));
     kill_repeatedly(&args, 20, &mut rng, &sim);
     // `run --once` does not hold lines for a sink that fails: a longer retry budget lets
     // it outlast the receiver's faults.
     let patient = receiver.url("max_events=7&max_wait_ms=50&retry_secs=60&timeout_secs=2");
-    run_to_end(&run_args(&tenant, &patient, true, &["--log-level", "warn"]));
+    run_to_end(&with_state(run_args(
+        &tenant,
+        &patient,
+        true,
+        &["--log-level", "warn"],
+    )));
 
     let posts = receiver.posts();
     // A batch sent again is the same batch: one body per idempotency key.
@@ -366,7 +391,7 @@ fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable()
         .collect();
     let lines = check_lines(&lines);
     check_against_tenant(&lines, &sim);
-    let rows = status_json(&tenant.path("state.db"));
+    let rows = status_json(state.as_deref().unwrap_or(&tenant.path("state.db")));
     assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
 }
 

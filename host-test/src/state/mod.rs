@@ -348,7 +348,12 @@ impl StateDb {
     }
 
     /// Records the batch about to be sent, before it is sent.
-    pub fn set_sink_batch(&mut self, instance: &str, first: u64, last: u64) -> Result<(), StateError> {
+    pub fn set_sink_batch(
+        &mut self,
+        instance: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<(), StateError> {
         match self {
             StateDb::Sqlite(db) => db.set_sink_batch(instance, first, last),
             StateDb::Postgres(db) => db.set_sink_batch(instance, first, last),

@@ -636,7 +636,12 @@ impl PgDb {
 
     /// Records the batch about to be sent, before it is sent. Fenced like delivery: a
     /// host that lost the lease must not change the batch its successor re-sends.
-    pub fn set_sink_batch(&mut self, instance: &str, first: u64, last: u64) -> Result<(), StateError> {
+    pub fn set_sink_batch(
+        &mut self,
+        instance: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<(), StateError> {
         let fence = self.fence_of(instance);
         self.tx(|tx| {
             fence.check(tx)?;
