@@ -447,6 +447,7 @@ fn end_to_end(component: &LoadedComponent) {
             source: None,
             reopen: Default::default(),
             tokens: Default::default(),
+            sink_max_lag: connector_host::runner::DEFAULT_SINK_MAX_LAG,
         };
         let sink = Sink::open(&dir.join("out.jsonl")).unwrap();
         let mut runner = Runner::new(setup, sink).unwrap();

@@ -97,8 +97,10 @@ enum Command {
         #[command(flatten)]
         secrets: SecretArgs,
         /// Output file for event lines, appended to; `-` is stdout.
-        #[arg(long, default_value = "-")]
+        #[arg(long, default_value = "-", conflicts_with = "sink")]
         out: PathBuf,
+        #[command(flatten)]
+        sink: SinkArgs,
         /// Poll until caught up, then exit.
         #[arg(long)]
         once: bool,
@@ -160,8 +162,11 @@ enum Command {
         online: bool,
         /// Directory for event lines, one `<instance>.jsonl` per instance (default, or `-`:
         /// stdout).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sink")]
         out: Option<PathBuf>,
+        /// Every instance's sink, where its instance file names none (`"sink": "…"`).
+        #[command(flatten)]
+        sink: SinkArgs,
         /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on this
         /// loopback address, e.g. 127.0.0.1:9464.
         #[arg(long)]
@@ -323,6 +328,21 @@ fn example(text: &str) -> String {
 }
 
 /// A failure of the CLI: the message (one line) and the exit code.
+/// A network sink instead of `--out`.
+#[derive(clap::Args)]
+pub(crate) struct SinkArgs {
+    /// Deliver to Kafka (`kafka://<broker>:<port>[,…]?topic=…`) or a webhook
+    /// (`https://<host>/<path>[#format=ndjson&max_events=…]`; plain `http://` to loopback
+    /// only) instead of --out; its secrets (`sink-hmac-secret`, `sink-bearer-token`,
+    /// `sink-sasl-password`) come from the instance's secrets. See the README's sinks.
+    #[arg(long, value_name = "URL")]
+    pub(crate) sink: Option<String>,
+    /// While the sink cannot take events, polls go on until this many wait in the state
+    /// file, then pause until it takes them again.
+    #[arg(long, default_value_t = crate::runner::DEFAULT_SINK_MAX_LAG, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) sink_max_lag: u64,
+}
+
 pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
 impl Failure {
@@ -465,6 +485,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             state,
             secrets,
             out,
+            sink,
             once,
             interval,
             instance,
@@ -490,7 +511,14 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             setup.source = Some((source.display().to_string(), !named));
             setup.stop = stop_on_signals()?;
             setup.reopen = reopen_on_sighup()?;
-            let sink = Sink::open(&out).map_err(Failure::usage)?;
+            setup.sink_max_lag = sink.sink_max_lag;
+            let (sink, out) = match &sink.sink {
+                Some(url) => (
+                    Sink::connect(url, &setup.instance, &setup.secrets).map_err(Failure::usage)?,
+                    PathBuf::from(url),
+                ),
+                None => (Sink::open(&out).map_err(Failure::usage)?, out),
+            };
             let runner_name = setup.instance.clone();
             let mut runner = Runner::new(setup, sink)?;
             runner.progress = crate::progress::Progress::on_terminal();
@@ -528,6 +556,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             instances,
             state,
             out,
+            sink,
             metrics,
             metrics_public,
             rescan_secs,
@@ -544,6 +573,8 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             let mut options = ServeOptions::new(instances, state);
             // `-` is stdout, as for `run` (not a directory named "-").
             options.out = out.filter(|o| o != Path::new("-"));
+            options.sink = sink.sink;
+            options.sink_max_lag = sink.sink_max_lag;
             options.rescan = Duration::from_secs(rescan_secs.max(1));
             options.workers = workers as usize;
             options.lease_ttl = Duration::from_secs(lease_ttl);

@@ -355,6 +355,7 @@ pub fn replay(
             // A step is a run of its own process, as when it was recorded: no token from
             // an earlier step.
             tokens: Default::default(),
+            sink_max_lag: crate::runner::DEFAULT_SINK_MAX_LAG,
         };
         let (outcome, polls) = match step.action {
             Action::Poll => {

@@ -212,6 +212,7 @@ pub fn forget(db: &mut StateDb, instance: &str) -> Result<Forgotten, LifecycleEr
         "DELETE FROM health WHERE instance = ?1",
         "DELETE FROM origins WHERE instance = ?1",
         "DELETE FROM holders WHERE instance = ?1",
+        "DELETE FROM sink_progress WHERE instance = ?1",
     ] {
         tx.execute(table, [instance]).map_err(sql)?;
     }

@@ -67,6 +67,16 @@ pub fn render_with(
     undelivered: &std::collections::BTreeMap<String, u64>,
     now: SystemTime,
 ) -> String {
+    render_all(rows, undelivered, &Default::default(), now)
+}
+
+/// [`render_with`] and each instance's count of failed deliveries to its sink.
+pub fn render_all(
+    rows: &[HealthRow],
+    undelivered: &std::collections::BTreeMap<String, u64>,
+    sink_errors: &std::collections::BTreeMap<String, u64>,
+    now: SystemTime,
+) -> String {
     let mut registry = Registry::default();
     let mut gauge = |name: &str, help: &str| {
         let family = Family::<Labels, FloatGauge>::default();
@@ -93,12 +103,20 @@ pub fn render_with(
         "connector_undelivered_events",
         "Events committed to the state file but not yet written to the output",
     );
+    let sink_lag = gauge(
+        "connector_sink_lag_events",
+        "Events committed but not yet acknowledged by the sink (file, webhook or Kafka)",
+    );
     let mut counter = |name: &str, help: &str| {
         let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
         registry.register(name, help, family.clone());
         family
     };
     let events = counter("connector_events", "Events emitted");
+    let sink_errors_total = counter(
+        "connector_sink_errors",
+        "Deliveries to the sink that failed (the events stay in the state file)",
+    );
     let calls = counter(
         "connector_graph_calls",
         "HTTP calls to Graph and the login host",
@@ -139,9 +157,12 @@ pub fn render_with(
         up.get_or_create(&l)
             .set(if r.failures == 0 { 1.0 } else { 0.0 });
         failures.get_or_create(&l).set(r.failures as f64);
-        waiting
+        let behind = undelivered.get(&r.instance).copied().unwrap_or(0) as f64;
+        waiting.get_or_create(&l).set(behind);
+        sink_lag.get_or_create(&l).set(behind);
+        sink_errors_total
             .get_or_create(&l)
-            .set(undelivered.get(&r.instance).copied().unwrap_or(0) as f64);
+            .inc_by(sink_errors.get(&r.instance).copied().unwrap_or(0) as f64);
         if let Some(t) = r.last_success.as_deref().and_then(unix) {
             last_success.get_or_create(&l).set(t);
         }
@@ -193,7 +214,13 @@ fn scrape(db: &mut StateDb) -> Result<String, crate::state::StateError> {
         .filter(|r| !removed.contains_key(&r.instance))
         .collect();
     let undelivered = crate::lifecycle::undelivered_counts(db)?;
-    Ok(render_with(&rows, &undelivered, SystemTime::now()))
+    let sink_errors = db.sink_errors()?;
+    Ok(render_all(
+        &rows,
+        &undelivered,
+        &sink_errors,
+        SystemTime::now(),
+    ))
 }
 
 /// `/readyz`: the instances were loaded (`loaded`) and the state file can be written.

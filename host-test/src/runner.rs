@@ -51,6 +51,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) | RunError::Lifecycle(_) => 2,
+            RunError::Sink(SinkError::Config { .. }) => 2,
             // Another process holds the instance, or a component swapped under it: a usage
             // error, not the connector's.
             RunError::State(
@@ -96,7 +97,13 @@ pub struct RunSetup {
     pub reopen: Arc<AtomicU64>,
     /// The access tokens the instance's components store between polls (memory only).
     pub tokens: TokenCache,
+    /// While a network sink cannot take events, polls go on until this many wait in the
+    /// outbox, then pause until the sink takes them (backpressure, never dropping).
+    pub sink_max_lag: u64,
 }
+
+/// [`RunSetup::sink_max_lag`] by default: about 100 MB of event lines in the state file.
+pub const DEFAULT_SINK_MAX_LAG: u64 = 100_000;
 
 impl RunSetup {
     /// A setup on the network and the system clock, with default limits, whose redactor
@@ -125,6 +132,7 @@ impl RunSetup {
             source: None,
             reopen: Arc::new(AtomicU64::new(0)),
             tokens: TokenCache::default(),
+            sink_max_lag: DEFAULT_SINK_MAX_LAG,
         }
     }
 
@@ -229,9 +237,16 @@ pub struct Runner {
     poll_interval_secs: u32,
     routing: Vec<String>,
     /// The output; a file is closed between turns (see [`Self::release_instance`]) and
-    /// opened again from `out` to deliver.
+    /// opened again from `out` to deliver. A network sink (`out` is `None`) stays open: it
+    /// holds connections and, for a webhook, the batch it is filling.
     sink: Option<Sink>,
     out: Option<std::path::PathBuf>,
+    /// The sink could not take events when last tried (a transient failure): polls go on
+    /// up to `sink_max_lag` waiting events, and each round tries the sink first.
+    sink_held: Option<SinkError>,
+    /// `run --once`: a sink that cannot take events ends the run (exit 1) instead of
+    /// holding the lines for later.
+    once: bool,
     /// A component instance kept between polls: for components built for WIT 0.1, which
     /// keep their access token in their own memory (a fresh instance per poll would ask
     /// for a token at every poll), and to the end of `run --once`, whose catch-up ends
@@ -269,6 +284,8 @@ impl Runner {
             routing,
             out: sink.path().map(Path::to_path_buf),
             sink: Some(sink),
+            sink_held: None,
+            once: false,
             instance: None,
             keep_instance: false,
             records: None,
@@ -306,7 +323,7 @@ impl Runner {
             .db()
             .ensure_instance(&runner.setup.instance, &runner.connector)?;
         runner.reconcile_sink()?;
-        runner.deliver_or_record()?;
+        runner.deliver_or_record(true)?;
         Ok(runner)
     }
 
@@ -361,8 +378,10 @@ impl Runner {
     }
 
     /// Moves committed lines from the outbox to the sink, after reopening the sink if
-    /// asked to (a rotated `--out` file).
-    fn deliver(&mut self) -> Result<usize, RunError> {
+    /// asked to (a rotated `--out` file). Each part the sink acknowledges is recorded as
+    /// delivered before the next is sent. `flush`: no poll follows at once, so a sink that
+    /// fills batches sends what it has.
+    fn deliver(&mut self, flush: bool) -> Result<usize, RunError> {
         let name = self.setup.instance.clone();
         let generation = self.setup.reopen.load(Ordering::Relaxed);
         if generation != self.sink_generation {
@@ -375,47 +394,75 @@ impl Runner {
             self.sink_generation = generation;
         }
         let lines = self.db().undelivered(&name)?;
-        let Some(&(last, _)) = lines.last() else {
-            return Ok(0);
+        // A fleet host never sends a line its file already has: a host fenced between its
+        // lease check and its write (a stop at exactly that moment) would otherwise repeat
+        // lines its successor wrote. Only a file can be read back; a network sink's repeats
+        // are what its idempotency keys (webhook) and `seq` headers (Kafka) are for.
+        let fleet = self.db().postgres().is_some();
+        let skip_to = match lines.last() {
+            Some(_) if fleet => {
+                self.db().check_lease(&name)?;
+                self.sink()?.last_seq(&name)?
+            }
+            _ => None,
         };
-        // A fleet host writes only while it holds the lease, and never a line the file
-        // already has: a host fenced between this check and its write (a stop at exactly
-        // that moment) would otherwise repeat lines its successor wrote.
-        let fleet = {
-            let mut db = self.db();
-            db.check_lease(&name)?;
-            db.postgres().is_some()
-        };
-        let written = if fleet {
-            let sink = self.sink()?;
-            sink.last_seq(&name)?
-        } else {
-            None
-        };
-        let lines = match written {
+        let last = lines.last().map(|&(s, _)| s);
+        let lines: Vec<(u64, String)> = match skip_to {
             Some(written) => lines.into_iter().filter(|(s, _)| *s > written).collect(),
             None => lines,
         };
-        if !lines.is_empty() {
-            self.sink()?.write(&lines)?;
+        let mut rest = &lines[..];
+        let mut delivered = 0;
+        let state = self.setup.state.clone();
+        while !rest.is_empty() {
+            // A send can outlast a lease (a webhook's retries): each part is sent only
+            // while this host still holds the instance.
+            self.db().check_lease(&name)?;
+            let n = self.sink()?.send(&name, rest, flush, &state)?;
+            if n == 0 {
+                break;
+            }
+            self.db().mark_delivered(&name, rest[n - 1].0)?;
+            delivered += n;
+            rest = &rest[n..];
         }
-        self.db().mark_delivered(&name, last)?;
-        Ok(lines.len())
+        // Every line was already in the file: recorded as delivered without a write.
+        if let (Some(last), true) = (last, lines.is_empty()) {
+            self.db().mark_delivered(&name, last)?;
+        }
+        // Only an acknowledgement (or nothing to send) shows the sink works again: lines
+        // a batching sink holds back were not tried.
+        if (delivered > 0 || lines.is_empty()) && self.sink_held.take().is_some() {
+            let sink = self.sink.as_ref().map(Sink::describe).unwrap_or_default();
+            tracing::info!(instance = %name, sink, "the sink takes events again");
+        }
+        Ok(delivered)
     }
 
     /// [`Self::deliver`], and a failure to deliver is a failure in the health record
     /// (`delivery`, with the count of events waiting), not only an error in the log: the
     /// poll committed, so `status` and the metrics would otherwise show a fresh success.
-    fn deliver_or_record(&mut self) -> Result<usize, RunError> {
-        match self.deliver() {
+    /// A network sink that cannot take events now holds the instance's delivery (the
+    /// lines wait in the outbox) instead of ending the run, except in `run --once`.
+    fn deliver_or_record(&mut self, flush: bool) -> Result<usize, RunError> {
+        match self.deliver(flush) {
             Ok(n) => Ok(n),
             Err(e) => {
                 let name = self.setup.instance.clone();
                 let waiting = self.db().undelivered(&name).map(|l| l.len()).unwrap_or(0);
-                let message = format!(
-                    "{waiting} committed events not delivered: {e}; they are delivered when \
-                     the output works again"
-                );
+                let hold = !self.once && matches!(&e, RunError::Sink(s) if s.is_transient());
+                let message = if hold {
+                    format!(
+                        "{waiting} committed events not delivered: {e}; they wait in the state \
+                         file and are sent when the sink takes them (polls pause at {})",
+                        self.setup.sink_max_lag
+                    )
+                } else {
+                    format!(
+                        "{waiting} committed events not delivered: {e}; they are delivered when \
+                         the output works again"
+                    )
+                };
                 tracing::error!(instance = %name, "{message}");
                 let record = PollRecord {
                     outcome: "delivery",
@@ -426,9 +473,49 @@ impl Runner {
                     message: Some(message),
                 };
                 self.write_health(&record, false, 0, false);
-                Err(e)
+                if let Err(e) = self.db().add_sink_error(&name) {
+                    tracing::warn!(instance = %name, "cannot count the delivery failure: {e}");
+                }
+                match e {
+                    RunError::Sink(s) if hold => {
+                        self.sink_held = Some(s);
+                        Ok(0)
+                    }
+                    e => Err(e),
+                }
             }
         }
+    }
+
+    /// Before a poll, a held sink is tried again; with `sink_max_lag` events waiting the
+    /// poll is skipped and the wait before the next try returned.
+    fn pause_for_sink(&mut self, interval: Duration) -> Result<Option<Duration>, RunError> {
+        let name = self.setup.instance.clone();
+        let lag = |runner: &Self| -> Result<u64, RunError> {
+            let (last, delivered) = runner.db().seqs(&name)?;
+            Ok(last.saturating_sub(delivered))
+        };
+        // A batching sink may hold lines back without trying them: at the bound it must
+        // try, so the outbox stops there whatever the reason the lines wait.
+        if self.sink_held.is_none() && lag(self)? < self.setup.sink_max_lag {
+            return Ok(None);
+        }
+        self.deliver_or_record(true)?;
+        let lag = lag(self)?;
+        let Some(held) = &self.sink_held else {
+            return Ok(None);
+        };
+        if lag < self.setup.sink_max_lag {
+            return Ok(None);
+        }
+        let asked = match held {
+            SinkError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let wait = asked.unwrap_or(interval.min(Duration::from_secs(30)));
+        tracing::warn!(instance = %name, lag, bound = self.setup.sink_max_lag,
+            retry_secs = wait.as_secs(), "polls paused: the sink does not take events");
+        Ok(Some(wait))
     }
 
     /// Polls until the component has no `more` (`once`), or until `stop` is raised,
@@ -437,6 +524,9 @@ impl Runner {
         self.keep_instance |= once;
         while !self.setup.stop.load(Ordering::Relaxed) {
             let Some(wait) = self.poll_round(once, interval)? else {
+                if self.sink_held.is_some() {
+                    self.deliver_or_record(true)?;
+                }
                 return Ok(());
             };
             if !wait.is_zero() {
@@ -455,6 +545,19 @@ impl Runner {
         once: bool,
         interval: Duration,
     ) -> Result<Option<Duration>, RunError> {
+        self.once = once;
+        if let Some(wait) = self.pause_for_sink(interval)? {
+            if once {
+                // `run --once` does not wait on a sink: the held error ends it.
+                self.deliver_or_record(true)?;
+            }
+            self.release_instance();
+            if let Some(claim) = &self.claim {
+                let next = self.setup.clock.now() + wait;
+                claim.set_next_poll(&humantime::format_rfc3339_seconds(next).to_string());
+            }
+            return Ok(Some(wait));
+        }
         let step = self.poll_once()?;
         // Waits the API asked for (Retry-After, backoff, a spent budget), not the schedule.
         let told_to_wait = matches!(
@@ -720,7 +823,9 @@ impl Runner {
         } else {
             tracing::debug!(instance = %name, more = batch.more, "poll committed, no events");
         }
-        self.deliver_or_record().map_err(CommitError::Run)?;
+        // A backfill's next page follows at once: a batching sink may wait for it.
+        let flush = !batch.more || batch.wait_secs.is_some();
+        self.deliver_or_record(flush).map_err(CommitError::Run)?;
         if let Some(p) = self.progress.as_mut() {
             p.polled(events.len(), batch.more, newest.as_deref());
         }

@@ -56,6 +56,9 @@ pub struct InstanceFile {
     /// This instance's limits, where they differ from `serve`'s flags.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// Where this instance's events go instead of `serve`'s `--out`/`--sink`: a
+    /// `kafka://…` or `https://…` URL (see [`crate::sink`]).
+    pub sink: Option<String>,
 }
 
 /// Per-instance limits; each unset one is `serve`'s (its `--memory-mb` and so on).
@@ -101,6 +104,10 @@ pub struct ServeOptions {
     pub loaded: Arc<AtomicBool>,
     /// The poll workers: how many instances poll at once (see [`DEFAULT_WORKERS`]).
     pub workers: usize,
+    /// The network sink of instances whose file names none (`--sink`); `None`: `out`.
+    pub sink: Option<String>,
+    /// See [`RunSetup::sink_max_lag`].
+    pub sink_max_lag: u64,
     /// With a PostgreSQL store: how long a lease lasts unless renewed, the time a fleet
     /// takes to notice a dead host.
     pub lease_ttl: Duration,
@@ -129,6 +136,8 @@ impl ServeOptions {
             reopen: Arc::new(AtomicU64::new(0)),
             loaded: Arc::new(AtomicBool::new(false)),
             workers: DEFAULT_WORKERS,
+            sink: None,
+            sink_max_lag: crate::runner::DEFAULT_SINK_MAX_LAG,
             lease_ttl: crate::state::postgres::DEFAULT_LEASE_TTL,
         }
     }
@@ -434,9 +443,11 @@ impl<'a> Server<'a> {
         setup.source = Some((source.display().to_string(), false));
         setup.limits = spec.limits.apply(self.options.limits.clone());
         let stop = setup.stop.clone();
-        let out = match &self.options.out {
-            Some(dir) => dir.join(format!("{name}.jsonl")),
-            None => PathBuf::from("-"),
+        setup.sink_max_lag = self.options.sink_max_lag;
+        let out = match (&spec.sink, &self.options.sink, &self.options.out) {
+            (Some(url), _, _) | (None, Some(url), _) => Output::Sink(url.clone()),
+            (None, None, Some(dir)) => Output::File(dir.join(format!("{name}.jsonl"))),
+            (None, None, None) => Output::File(PathBuf::from("-")),
         };
         let interval = spec.interval_secs.map(Duration::from_secs);
         if interval == Some(Duration::ZERO) {
@@ -511,7 +522,7 @@ const POLLS_PER_TURN: usize = 8;
 /// accepted, never before a refusal.
 struct InstanceJob {
     setup: RunSetup,
-    out: PathBuf,
+    out: Output,
     interval: Option<Duration>,
     state_path: String,
     runner: Option<Runner>,
@@ -521,7 +532,7 @@ struct InstanceJob {
 }
 
 impl InstanceJob {
-    fn new(setup: RunSetup, out: PathBuf, interval: Option<Duration>, state_path: String) -> Self {
+    fn new(setup: RunSetup, out: Output, interval: Option<Duration>, state_path: String) -> Self {
         InstanceJob {
             setup,
             out,
@@ -535,7 +546,11 @@ impl InstanceJob {
 
     fn start(&mut self) -> Result<Runner, RunError> {
         let (name, state, clock) = (&self.setup.instance, &self.setup.state, &self.setup.clock);
-        let sink = Sink::open(&self.out).map_err(|e| {
+        let sink = match &self.out {
+            Output::File(path) => Sink::open(path),
+            Output::Sink(url) => Sink::connect(url, name, &self.setup.secrets),
+        };
+        let sink = sink.map_err(|e| {
             // A runner records its own delivery failures; this one came before it.
             let message = format!("cannot open the output: {e}");
             record_failure(state, clock.as_ref(), name, "delivery", &message);
@@ -548,7 +563,7 @@ impl InstanceJob {
         self.pause = self.every.min(Duration::from_secs(60));
         tracing::info!(instance = %name, connector = runner.connector(),
             version = runner.version(), interval_secs = self.every.as_secs(),
-            state = self.state_path, out = %self.out.display(), "instance started");
+            state = self.state_path, out = %self.out, "instance started");
         Ok(runner)
     }
 
@@ -638,6 +653,7 @@ impl InstanceJob {
             }
             e => {
                 let code = match e {
+                    RunError::Sink(crate::sink::SinkError::Config { .. }) => "config",
                     RunError::Sink(_) => "delivery",
                     // A store that could not be reached while the instance started is
                     // the host's failure (retried), not a config to fix.
@@ -708,6 +724,23 @@ impl Job for InstanceJob {
             &message,
         );
         Turn::After(self.pause)
+    }
+}
+
+/// Where an instance's events go.
+enum Output {
+    /// A `<instance>.jsonl` file in `--out`, or `-` (stdout).
+    File(PathBuf),
+    /// A network sink's URL (the instance file's `sink`, else `--sink`).
+    Sink(String),
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::File(path) => write!(f, "{}", path.display()),
+            Output::Sink(url) => f.write_str(url),
+        }
     }
 }
 

@@ -338,6 +338,44 @@ impl StateDb {
         }
     }
 
+    /// The seq range of the webhook batch last cut for `instance` (see
+    /// [`crate::sink::webhook`]): a re-send after a crash repeats it under the same key.
+    pub fn sink_batch(&mut self, instance: &str) -> Result<Option<(u64, u64)>, StateError> {
+        match self {
+            StateDb::Sqlite(db) => db.sink_batch(instance),
+            StateDb::Postgres(db) => db.sink_batch(instance),
+        }
+    }
+
+    /// Records the batch about to be sent, before it is sent.
+    pub fn set_sink_batch(
+        &mut self,
+        instance: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<(), StateError> {
+        match self {
+            StateDb::Sqlite(db) => db.set_sink_batch(instance, first, last),
+            StateDb::Postgres(db) => db.set_sink_batch(instance, first, last),
+        }
+    }
+
+    /// Counts one failed delivery of `instance` (`connector_sink_errors_total`).
+    pub fn add_sink_error(&mut self, instance: &str) -> Result<(), StateError> {
+        match self {
+            StateDb::Sqlite(db) => db.add_sink_error(instance),
+            StateDb::Postgres(db) => db.add_sink_error(instance),
+        }
+    }
+
+    /// Failed deliveries per instance (instances without any are absent).
+    pub fn sink_errors(&mut self) -> Result<BTreeMap<String, u64>, StateError> {
+        match self {
+            StateDb::Sqlite(db) => db.sink_errors(),
+            StateDb::Postgres(db) => db.sink_errors(),
+        }
+    }
+
     /// Before lines go to the sink: whether this process may still deliver `instance`'s
     /// lines (on PostgreSQL, that it holds the instance's lease; SQLite's holder is checked
     /// when the instance starts).

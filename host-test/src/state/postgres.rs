@@ -24,7 +24,7 @@ use postgres::{Client, NoTls, Transaction};
 use super::{HealthRow, KvWrites, PollHealth, StateError, degraded_of};
 
 /// The schema this host writes; each step of [`MIGRATIONS`] raises it by one.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// The schema steps, in order; step `n` takes the schema from `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -82,6 +82,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE hosts (
          id TEXT PRIMARY KEY,
          heartbeat TIMESTAMPTZ NOT NULL
+     );",
+    // 2: what network sinks keep between runs (the SQLite file's schema 5).
+    "CREATE TABLE sink_progress (
+         instance TEXT PRIMARY KEY,
+         batch_first BIGINT,
+         batch_last BIGINT,
+         errors BIGINT NOT NULL DEFAULT 0
      );",
 ];
 
@@ -612,6 +619,84 @@ impl PgDb {
         })
     }
 
+    /// The seq range of the webhook batch last cut for `instance`, if any.
+    pub fn sink_batch(&mut self, instance: &str) -> Result<Option<(u64, u64)>, StateError> {
+        self.tx(|tx| {
+            let row = tx.query_opt(
+                "SELECT batch_first, batch_last FROM sink_progress WHERE instance = $1",
+                &[&instance],
+            )?;
+            Ok(row.and_then(|r| {
+                let first: Option<i64> = r.get(0);
+                let last: Option<i64> = r.get(1);
+                Some((first? as u64, last? as u64))
+            }))
+        })
+    }
+
+    /// Records the batch about to be sent, before it is sent. Fenced like delivery: a
+    /// host that lost the lease must not change the batch its successor re-sends.
+    pub fn set_sink_batch(
+        &mut self,
+        instance: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<(), StateError> {
+        let fence = self.fence_of(instance);
+        self.tx(|tx| {
+            fence.check(tx)?;
+            tx.execute(
+                "INSERT INTO sink_progress (instance, batch_first, batch_last)
+                 VALUES ($1, $2, $3) ON CONFLICT (instance)
+                 DO UPDATE SET batch_first = excluded.batch_first,
+                               batch_last = excluded.batch_last",
+                &[&instance, &(first as i64), &(last as i64)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Counts one failed delivery of `instance`: health, so written like the poll's
+    /// health record (checked if held, else unless another live host holds it).
+    pub fn add_sink_error(&mut self, instance: &str) -> Result<(), StateError> {
+        let fence = self.fence_of(instance);
+        self.tx(|tx| {
+            if !fence.check_or_unheld(tx)? {
+                return Ok(());
+            }
+            tx.execute(
+                "INSERT INTO sink_progress (instance, errors) VALUES ($1, 1)
+                 ON CONFLICT (instance) DO UPDATE SET errors = sink_progress.errors + 1",
+                &[&instance],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Failed deliveries per instance (instances without any are absent).
+    pub fn sink_errors(&mut self) -> Result<BTreeMap<String, u64>, StateError> {
+        if !self.has_schema()? {
+            return Ok(BTreeMap::new());
+        }
+        self.tx(|tx| {
+            // A database of schema 1 read by `status` before any newer host migrated it.
+            let present: bool = tx
+                .query_one("SELECT to_regclass('sink_progress') IS NOT NULL", &[])?
+                .get(0);
+            if !present {
+                return Ok(BTreeMap::new());
+            }
+            let rows = tx.query(
+                "SELECT instance, errors FROM sink_progress WHERE errors > 0",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
+
     /// Whether this process still holds `instance`'s lease (before it delivers).
     pub fn check_lease(&mut self, instance: &str) -> Result<(), StateError> {
         let fence = self.fence_of(instance);
@@ -1013,6 +1098,7 @@ impl PgDb {
                 "DELETE FROM health WHERE instance = $1",
                 "DELETE FROM origins WHERE instance = $1",
                 "DELETE FROM leases WHERE instance = $1",
+                "DELETE FROM sink_progress WHERE instance = $1",
             ] {
                 tx.execute(q, &[&instance])?;
             }

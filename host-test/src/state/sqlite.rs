@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{HealthRow, KvWrites, PollHealth, StateError, degraded_of};
 
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -146,7 +146,10 @@ impl SqliteDb {
         if version < 3 {
             self.migrate_to_3(version)?;
         }
-        self.migrate_to_4_ops()
+        if version < 4 {
+            self.migrate_to_4_ops()?;
+        }
+        self.migrate_to_5_sinks()
     }
 
     /// Schema 3: instances, KV, outbox and health.
@@ -249,6 +252,24 @@ impl SqliteDb {
                      removed TEXT
                  );
                  PRAGMA user_version = 4;
+                 COMMIT;",
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Schema 5, what network sinks keep between runs: `sink_progress`, the batch a
+    /// webhook sent last and each instance's count of failed deliveries.
+    fn migrate_to_5_sinks(&self) -> Result<(), StateError> {
+        self.conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS sink_progress (
+                     instance TEXT PRIMARY KEY,
+                     batch_first INTEGER,
+                     batch_last INTEGER,
+                     errors INTEGER NOT NULL DEFAULT 0
+                 );
+                 PRAGMA user_version = 5;
                  COMMIT;",
             )
             .map_err(|e| self.sql(e))
@@ -510,6 +531,77 @@ impl SqliteDb {
         .map_err(&sql)?;
         tx.commit().map_err(&sql)
     }
+}
+
+/// What network sinks keep between runs: the batch a webhook sent last (so a re-send after
+/// a crash carries the same lines under the same idempotency key) and a count of failed
+/// deliveries (the metric `connector_sink_errors_total`). The table is schema 5's.
+impl SqliteDb {
+    /// The seq range of the batch last cut for `instance`, if any.
+    pub fn sink_batch(&self, instance: &str) -> Result<Option<(u64, u64)>, StateError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT batch_first, batch_last FROM sink_progress WHERE instance = ?1",
+                [instance],
+                |r| Ok((r.get::<_, Option<u64>>(0)?, r.get::<_, Option<u64>>(1)?)),
+            )
+            .optional();
+        match row {
+            Ok(Some((Some(first), Some(last)))) => Ok(Some((first, last))),
+            Ok(_) => Ok(None),
+            Err(e) if no_sink_table(&e) => Ok(None),
+            Err(e) => Err(self.sql(e)),
+        }
+    }
+
+    /// Records the batch about to be sent, before it is sent.
+    pub fn set_sink_batch(&self, instance: &str, first: u64, last: u64) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_progress (instance, batch_first, batch_last)
+                 VALUES (?1, ?2, ?3) ON CONFLICT (instance)
+                 DO UPDATE SET batch_first = excluded.batch_first,
+                               batch_last = excluded.batch_last",
+                params![instance, first, last],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Counts one failed delivery of `instance`.
+    pub fn add_sink_error(&self, instance: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO sink_progress (instance, errors) VALUES (?1, 1)
+                 ON CONFLICT (instance) DO UPDATE SET errors = errors + 1",
+                [instance],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Failed deliveries per instance (instances without any are absent).
+    pub fn sink_errors(&self) -> Result<std::collections::BTreeMap<String, u64>, StateError> {
+        let rows = self
+            .conn
+            .prepare("SELECT instance, errors FROM sink_progress WHERE errors > 0")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            });
+        match rows {
+            Ok(map) => Ok(map),
+            Err(e) if no_sink_table(&e) => Ok(Default::default()),
+            Err(e) => Err(self.sql(e)),
+        }
+    }
+}
+
+/// A file of schema 4 or older opened for reading only (`status` of a file no newer host
+/// has migrated yet): it has no sink state to show.
+fn no_sink_table(e: &rusqlite::Error) -> bool {
+    e.to_string().contains("no such table: sink_progress")
 }
 
 /// Maps an error of opening or first reading the file to its cause.

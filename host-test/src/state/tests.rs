@@ -184,6 +184,46 @@ fn commit(
 }
 
 #[test]
+fn sink_state_keeps_the_webhook_batch_and_error_count_until_forget() {
+    for (store, mut db) in backends("sink") {
+        println!("{}", store.display());
+        db.ensure_instance("a", "defender-alerts").unwrap();
+        db.ensure_instance("b", "defender-alerts").unwrap();
+        hold(&mut db, "a");
+        hold(&mut db, "b");
+        assert_eq!(db.sink_batch("a").unwrap(), None);
+        assert!(db.sink_errors().unwrap().is_empty());
+
+        // The error count and the batch share a row: neither write clears the other.
+        db.add_sink_error("a").unwrap();
+        db.set_sink_batch("a", 3, 7).unwrap();
+        db.add_sink_error("a").unwrap();
+        db.set_sink_batch("b", 1, 1).unwrap();
+        assert_eq!(db.sink_batch("a").unwrap(), Some((3, 7)));
+        db.set_sink_batch("a", 8, 9).unwrap();
+        assert_eq!(db.sink_batch("a").unwrap(), Some((8, 9)));
+        assert_eq!(db.sink_batch("b").unwrap(), Some((1, 1)));
+        assert_eq!(
+            db.sink_errors().unwrap(),
+            [("a".to_string(), 2)].into(),
+            "an instance without errors is absent"
+        );
+
+        if let Some(pg) = db.postgres() {
+            pg.release_lease("a").unwrap();
+        }
+        crate::lifecycle::forget(&mut db, "a").unwrap();
+        assert_eq!(db.sink_batch("a").unwrap(), None, "forget clears the batch");
+        assert!(db.sink_errors().unwrap().is_empty(), "and the error count");
+        assert_eq!(
+            db.sink_batch("b").unwrap(),
+            Some((1, 1)),
+            "only of that instance"
+        );
+    }
+}
+
+#[test]
 fn a_host_that_lost_its_lease_commits_and_delivers_nothing() {
     let url = server().database("t_fencing");
     let (mut a, mut b) = (pg(&url), pg(&url));
@@ -208,6 +248,11 @@ fn a_host_that_lost_its_lease_commits_and_delivers_nothing() {
         Err(StateError::Fenced { .. })
     ));
     assert!(matches!(a.check_lease("x"), Err(StateError::Fenced { .. })));
+    assert!(
+        matches!(a.set_sink_batch("x", 1, 2), Err(StateError::Fenced { .. })),
+        "a fenced host must not change the batch its successor re-sends"
+    );
+    assert_eq!(b.sink_batch("x").unwrap(), None);
     assert_eq!(
         a.renew().unwrap(),
         ["x"],

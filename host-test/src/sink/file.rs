@@ -1,4 +1,4 @@
-//! Where event lines go: a JSON-lines file (`--out <file>`) or stdout (`--out -`, the default).
+//! The JSON-lines file sink (`--out <file>`) and stdout (`--out -`, the default).
 //!
 //! A file sink is fsynced after every batch. A crash between that fsync and the host
 //! recording the delivered `seq` would repeat lines on restart, so on open the sink reads
@@ -9,46 +9,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 
-/// One event as delivered downstream (the line format of DESIGN.md).
-#[derive(Serialize)]
-pub struct EventLine<'a> {
-    pub seq: u64,
-    pub instance: &'a str,
-    pub connector: &'a str,
-    pub kind: &'a str,
-    pub id: &'a str,
-    pub version: &'a str,
-    pub timestamp: &'a str,
-    pub routing: &'a [String],
-    /// What part of the record could not be read (e.g. an incident's alerts); only on
-    /// events the connector marked incomplete, so complete events' lines are unchanged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub incomplete: Option<&'a str>,
-    pub payload: &'a RawValue,
-    /// The record normalized to OCSF, beside the raw one; absent when the component does
-    /// not normalize (a 0.1 component, or `"normalize": false`), so such lines are unchanged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ocsf: Option<&'a RawValue>,
-}
+use super::SinkError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("cannot open the output file {path}: {cause}")]
-    Open {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("cannot write to {path}: {cause}")]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-}
-
-pub enum Sink {
+pub enum FileSink {
     /// `durable`: a regular file, fsynced after each write (a device such as /dev/null
     /// cannot be).
     File {
@@ -59,11 +24,11 @@ pub enum Sink {
     Stdout,
 }
 
-impl Sink {
+impl FileSink {
     /// `-` is stdout.
-    pub fn open(path: &Path) -> Result<Sink, SinkError> {
+    pub fn open(path: &Path) -> Result<FileSink, SinkError> {
         if path == Path::new("-") {
-            return Ok(Sink::Stdout);
+            return Ok(FileSink::Stdout);
         }
         let open = |cause| SinkError::Open {
             path: path.to_path_buf(),
@@ -79,25 +44,25 @@ impl Sink {
         if durable {
             cut_torn_tail(&mut file).map_err(open)?;
         }
-        Ok(Sink::File {
+        Ok(FileSink::File {
             path: path.to_path_buf(),
             file,
             durable,
         })
     }
 
-    /// The file written to; `None` for stdout.
+    /// The file's path; `None` for stdout.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Sink::File { path, .. } => Some(path),
-            Sink::Stdout => None,
+            FileSink::File { path, .. } => Some(path),
+            FileSink::Stdout => None,
         }
     }
 
     /// The `seq` of the last line of `instance` already in the file, if any.
     pub fn last_seq(&mut self, instance: &str) -> Result<Option<u64>, SinkError> {
         match self {
-            Sink::File {
+            FileSink::File {
                 path,
                 file,
                 durable: true,
@@ -117,7 +82,7 @@ impl Sink {
             buf.push(b'\n');
         }
         match self {
-            Sink::File {
+            FileSink::File {
                 path,
                 file,
                 durable,
@@ -128,7 +93,7 @@ impl Sink {
                     path: path.clone(),
                     cause,
                 }),
-            Sink::Stdout => {
+            FileSink::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&buf)
                     .and_then(|()| out.flush())
@@ -217,7 +182,7 @@ mod tests {
             "{\"seq\":1,\"instance\":\"a\"}\n{\"seq\":7,\"instance\":\"b\"}\n{\"seq\":2,\"instance\":\"a\"}\n{\"seq\":3,\"inst",
         )
         .unwrap();
-        let mut sink = Sink::open(&path).unwrap();
+        let mut sink = FileSink::open(&path).unwrap();
         assert_eq!(sink.last_seq("a").unwrap(), Some(2));
         assert_eq!(sink.last_seq("b").unwrap(), Some(7));
         assert_eq!(sink.last_seq("c").unwrap(), None);
@@ -225,34 +190,5 @@ mod tests {
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("{\"seq\":2,\"instance\":\"a\"}\n{\"seq\":3,\"instance\":\"a\"}\n"));
-    }
-
-    #[test]
-    fn an_event_line_names_what_is_incomplete_only_when_something_is() {
-        let payload = RawValue::from_string("{\"id\":\"i1\"}".into()).unwrap();
-        let line = |incomplete| {
-            serde_json::to_string(&EventLine {
-                seq: 1,
-                instance: "t",
-                connector: "defender-incidents",
-                kind: "defender.incident",
-                id: "i1",
-                version: "v",
-                timestamp: "2026-11-20T12:00:00Z",
-                routing: &[],
-                incomplete,
-                payload: &payload,
-                ocsf: None,
-            })
-            .unwrap()
-        };
-        assert!(!line(None).contains("incomplete"), "{}", line(None));
-        let marked = line(Some("alerts not read: $expand=alerts keeps failing"));
-        let doc: serde_json::Value = serde_json::from_str(&marked).unwrap();
-        assert_eq!(
-            doc["incomplete"],
-            "alerts not read: $expand=alerts keeps failing"
-        );
-        assert_eq!(doc["payload"]["id"], "i1");
     }
 }

@@ -1,0 +1,740 @@
+//! Network sinks against protocol peers started by the tests: a loopback HTTP receiver
+//! that fails some requests (429 with Retry-After, 500, a batch taken but answered 503 as
+//! if the answer were lost, a connection dropped) and librdkafka's mock Kafka cluster. The host is killed with
+//! SIGKILL at random moments during delivery; afterwards every event is there at least
+//! once and every repeat is recognisable (the same idempotency key and body; the same
+//! key, value and `seq` header). A sink that is down holds delivery and shows in `status`
+//! and the metrics; bad credentials stop delivery with a clear error, nothing marked
+//! delivered.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use hmac::{Hmac, Mac};
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::graph_sim::{Behaviour, GraphSim, SECRET};
+use support::{Tenant, host, text, write_json};
+
+const HMAC_SECRET: &str = "whsec-test-9f3e1c";
+const BEARER: &str = "bearer-test-77a1";
+
+/// A small xorshift generator: the seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(name: &str) -> Rng {
+        let seed = std::env::var("SINKS_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{name}: SINKS_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// One POST the receiver read: its idempotency key, body and whether it answered 2xx.
+#[derive(Clone)]
+struct Post {
+    key: String,
+    body: Vec<u8>,
+    acknowledged: bool,
+}
+
+/// A loopback webhook receiver. It checks the signature and bearer token of every request
+/// (a wrong one is answered 401) and fails requests by their number: every 5th gets 429
+/// with `Retry-After: 1`, every 7th 500, every 9th is taken but answered 503 (the
+/// endpoint processed it, the answer was lost), every 11th is taken and its connection
+/// dropped without an answer.
+struct Receiver {
+    port: u16,
+    posts: Arc<Mutex<Vec<Post>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(port: u16, faults: bool) -> Receiver {
+        let server = tiny_http::Server::http(("127.0.0.1", port)).expect("receiver listens");
+        let port = server.server_addr().to_ip().unwrap().port();
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (posts.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                n += 1;
+                let header = |name: &'static str| {
+                    request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.as_str().to_string())
+                };
+                let key = header("Idempotency-Key").unwrap_or_default();
+                let signature = header("X-Signature-256").unwrap_or_default();
+                let auth = header("Authorization").unwrap_or_default();
+                let mut body = Vec::new();
+                request.as_reader().read_to_end(&mut body).unwrap();
+                let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();
+                mac.update(&body);
+                let expected: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let (status, taken) = if auth != format!("Bearer {BEARER}")
+                    || signature != format!("sha256={expected}")
+                {
+                    (401, false)
+                } else if faults && n.is_multiple_of(5) {
+                    (429, false)
+                } else if faults && n.is_multiple_of(7) {
+                    (500, false)
+                } else if faults && n.is_multiple_of(9) {
+                    (503, true)
+                } else if faults && n.is_multiple_of(11) {
+                    // Taken, then the connection dropped without an answer.
+                    p.lock().unwrap().push(Post {
+                        key,
+                        body,
+                        acknowledged: false,
+                    });
+                    drop(request.into_writer());
+                    continue;
+                } else {
+                    (200, true)
+                };
+                if taken {
+                    p.lock().unwrap().push(Post {
+                        key,
+                        body,
+                        acknowledged: status == 200,
+                    });
+                }
+                let mut response = tiny_http::Response::from_string("").with_status_code(status);
+                if status == 429 {
+                    response.add_header(tiny_http::Header::from_bytes("Retry-After", "1").unwrap());
+                }
+                let _ = request.respond(response);
+            }
+        });
+        Receiver {
+            port,
+            posts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, options: &str) -> String {
+        format!("http://127.0.0.1:{}/ingest#{options}", self.port)
+    }
+
+    fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A sink's lines by `seq`, checked: each `seq` always the same line (a repeat is
+/// recognisable), and the set of acknowledged ones `1..=n` without a gap.
+fn check_lines(lines: &[(bool, String)]) -> BTreeMap<u64, Value> {
+    let mut by_seq: BTreeMap<u64, String> = BTreeMap::new();
+    let mut acknowledged = BTreeSet::new();
+    for (acked, line) in lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        if let Some(before) = by_seq.insert(seq, line.clone()) {
+            assert_eq!(&before, line, "seq {seq} repeated with another line");
+        }
+        if *acked {
+            acknowledged.insert(seq);
+        }
+    }
+    let n = *by_seq.keys().last().unwrap_or(&0);
+    assert_eq!(
+        acknowledged,
+        (1..=n).collect::<BTreeSet<_>>(),
+        "every committed seq acknowledged at least once"
+    );
+    by_seq
+        .into_iter()
+        .map(|(s, l)| (s, serde_json::from_str(&l).unwrap()))
+        .collect()
+}
+
+/// Every alert's current version is among the lines and none the simulator never served.
+fn check_against_tenant(lines: &BTreeMap<u64, Value>, sim: &GraphSim) {
+    let got: BTreeSet<(String, String)> = lines
+        .values()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().into(),
+                l["version"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let missing: Vec<_> = sim.latest().difference(&got).cloned().collect();
+    assert!(missing.is_empty(), "current versions missing: {missing:?}");
+    let extra: Vec<_> = got.difference(&sim.ground_truth()).cloned().collect();
+    assert!(extra.is_empty(), "never served: {extra:?}");
+}
+
+fn tenant_with_sink_secrets(sim: &GraphSim, bearer: &str) -> Tenant {
+    let tenant = Tenant::new(sim);
+    write_json(
+        &tenant.dir.path().join("secrets.json"),
+        &json!({"client-secret": SECRET, "sink-hmac-secret": HMAC_SECRET,
+                "sink-bearer-token": bearer}),
+    );
+    tenant
+}
+
+/// `run` with `--sink` instead of `--out`.
+fn run_args(tenant: &Tenant, sink: &str, once: bool, extra: &[&str]) -> Vec<String> {
+    let mut args = tenant.run_args("defender-alerts", once, extra);
+    let at = args.iter().position(|a| a == "--out").unwrap();
+    args.splice(at..at + 2, ["--sink".to_string(), sink.to_string()]);
+    args
+}
+
+/// Runs `args` and kills the host with SIGKILL after a random moment, `kills` times.
+fn kill_repeatedly(args: &[String], kills: usize, rng: &mut Rng, sim: &GraphSim) {
+    for k in 0..kills {
+        let child = Running(
+            host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start connector-host"),
+        );
+        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        drop(child); // SIGKILL (std's kill), then wait
+        if k % 4 == 3 {
+            let ids = sim.ids();
+            let picked: Vec<String> = (0..3)
+                .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
+                .collect();
+            sim.update_alerts(&picked);
+            sim.add_alerts(&format!("k{k}"), 2, Duration::from_secs(30));
+        }
+    }
+}
+
+fn run_to_end(args: &[String]) {
+    let out = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the state left by the kills is usable: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A host process that is killed when the test ends, a failed assertion included, so no
+/// test leaves one running.
+struct Running(std::process::Child);
+
+impl Running {
+    /// SIGTERM, then waits for the process to end.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn status_json(state: &str) -> Vec<Value> {
+    let out = support::run_host(&["status", "--state", state, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `status --json`, or nothing while the state file does not exist yet.
+fn status_if_any(state: &str) -> Vec<Value> {
+    if !Path::new(state).exists() {
+        return vec![];
+    }
+    status_json(state)
+}
+
+fn sim_with_alerts() -> GraphSim {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 4,
+        ..Behaviour::default()
+    });
+    sim.add_alerts("a", 120, Duration::from_secs(20 * 3600));
+    sim
+}
+
+#[test]
+fn webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
+    webhook_kill_test(None);
+}
+
+/// The same on a PostgreSQL store: the webhook batch being sent is recorded there (under
+/// the lease's fencing token), so a run after a kill re-sends it under the same key.
+#[test]
+fn webhook_kill_9_on_postgresql_loses_nothing_and_repeats_are_recognisable() {
+    let server = support::postgres::PgServer::start();
+    webhook_kill_test(Some(server.database("webhook_kills")));
+}
+
+/// `state`: a PostgreSQL URL, or the tenant's SQLite file.
+fn webhook_kill_test(state: Option<String>) {
+    let mut rng = Rng::seeded("webhook kills");
+    let sim = sim_with_alerts();
+    let receiver = Receiver::start(0, true);
+    let tenant = tenant_with_sink_secrets(&sim, BEARER);
+    let with_state = |mut args: Vec<String>| {
+        if let Some(url) = &state {
+            let at = args.iter().position(|a| a == "--state").unwrap() + 1;
+            args[at] = url.clone();
+        }
+        args
+    };
+    let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
+    let args = with_state(run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--log-level", "warn", "--interval", "1"],
+    ));
+    kill_repeatedly(&args, 20, &mut rng, &sim);
+    // `run --once` does not hold lines for a sink that fails: a longer retry budget lets
+    // it outlast the receiver's faults.
+    let patient = receiver.url("max_events=7&max_wait_ms=50&retry_secs=60&timeout_secs=2");
+    run_to_end(&with_state(run_args(
+        &tenant,
+        &patient,
+        true,
+        &["--log-level", "warn"],
+    )));
+
+    let posts = receiver.posts();
+    // A batch sent again is the same batch: one body per idempotency key.
+    let mut bodies: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    for p in &posts {
+        if let Some(before) = bodies.insert(&p.key, &p.body) {
+            assert_eq!(before, &p.body[..], "key {} sent with another body", p.key);
+        }
+    }
+    assert!(
+        posts.iter().any(|p| !p.acknowledged),
+        "the receiver lost some answers (the test exercises repeats)"
+    );
+    let lines: Vec<(bool, String)> = posts
+        .iter()
+        .flat_map(|p| {
+            let batch: Vec<Value> = serde_json::from_slice(&p.body).unwrap();
+            let (first, last) = (
+                batch[0]["seq"].as_u64().unwrap(),
+                batch.last().unwrap()["seq"].as_u64().unwrap(),
+            );
+            assert_eq!(
+                p.key,
+                format!("tenant:{first}-{last}"),
+                "key names the seq range"
+            );
+            assert!(batch.len() <= 7, "max_events holds");
+            batch
+                .into_iter()
+                .map(|v| (p.acknowledged, v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let lines = check_lines(&lines);
+    check_against_tenant(&lines, &sim);
+    let rows = status_json(state.as_deref().unwrap_or(&tenant.path("state.db")));
+    assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
+}
+
+#[test]
+fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
+    let sim = sim_with_alerts();
+    // A port with nothing listening: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances");
+    std::fs::create_dir_all(instances.join("secrets")).unwrap();
+    write_json(
+        &instances.join("secrets/t.json"),
+        &json!({"client-secret": SECRET, "sink-hmac-secret": HMAC_SECRET,
+                "sink-bearer-token": BEARER}),
+    );
+    write_json(
+        &instances.join("down.json"),
+        &json!({
+            "component": support::alerts_wasm(),
+            "config": sim.config(1),
+            "secrets": "secrets/t.json",
+            "interval_secs": 1,
+            "sink": format!("http://127.0.0.1:{port}/ingest#format=ndjson&retry_secs=1"),
+        }),
+    );
+    let state = dir.path().join("state.db").display().to_string();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("serve.log");
+    let serve = Running(
+        host(&[
+            "serve",
+            "--instances",
+            &instances.display().to_string(),
+            "--state",
+            &state,
+            "--sink-max-lag",
+            "20",
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let wait_for = |what: &str, timeout: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Down: the outbox grows to the bound, polls pause there, status and metrics say so.
+    wait_for(
+        "the outbox to reach the bound",
+        Duration::from_secs(30),
+        Box::new(|| {
+            status_if_any(&state)
+                .first()
+                .is_some_and(|r| r["undelivered"].as_u64().unwrap_or(0) >= 20)
+        }),
+    );
+    let requests_at_bound = sim.requests().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let row = status_json(&state).remove(0);
+    assert_eq!(row["last_error_code"], "delivery", "{row}");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not take events now"),
+        "{row}"
+    );
+    let held = row["undelivered"].as_u64().unwrap();
+    assert!(held < 20 + 8, "polls paused near the bound: {held} waiting");
+    assert!(
+        sim.requests().len() <= requests_at_bound + 2,
+        "no polls while paused"
+    );
+    let scrape = metrics(metrics_port);
+    assert!(
+        scrape.contains(&format!(
+            "connector_sink_lag_events{{instance=\"down\",connector=\"defender-alerts\"}} {held}"
+        )),
+        "{scrape}"
+    );
+    let errors_line = scrape
+        .lines()
+        .find(|l| l.starts_with("connector_sink_errors_total{instance=\"down\""))
+        .unwrap_or_else(|| panic!("{scrape}"));
+    assert!(!errors_line.ends_with(" 0.0"), "{errors_line}");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains(HMAC_SECRET),
+        "no sink secret in the log"
+    );
+
+    // Up again: everything arrives, in order, and the backfill resumes.
+    let receiver = Receiver::start(port, false);
+    wait_for(
+        "every event to be delivered",
+        Duration::from_secs(60),
+        Box::new(|| {
+            let rows = status_json(&state);
+            let events = receiver
+                .posts()
+                .iter()
+                .map(|p| p.body.iter().filter(|&&b| b == b'\n').count())
+                .sum::<usize>();
+            rows[0]["undelivered"] == 0 && events >= 120
+        }),
+    );
+    serve.stop();
+    let lines: Vec<(bool, String)> = receiver
+        .posts()
+        .iter()
+        .flat_map(|p| {
+            String::from_utf8(p.body.clone())
+                .unwrap()
+                .lines()
+                .map(|l| (true, l.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    check_against_tenant(&check_lines(&lines), &sim);
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_webhook_refusing_the_credentials_stops_with_the_cause_and_marks_nothing_delivered() {
+    let sim = sim_with_alerts();
+    let receiver = Receiver::start(0, false);
+    let tenant = tenant_with_sink_secrets(&sim, "a-wrong-token");
+    let args = run_args(&tenant, &receiver.url(""), true, &[]);
+    let out = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the events: HTTP 401"), "{stderr}");
+    assert!(stderr.contains("sink-bearer-token"), "{stderr}");
+    assert!(
+        !stderr.contains("a-wrong-token") && !stderr.contains(HMAC_SECRET),
+        "{stderr}"
+    );
+    assert!(receiver.posts().is_empty());
+    let rows = status_json(&tenant.path("state.db"));
+    assert!(rows[0]["undelivered"].as_u64().unwrap() > 0, "{rows:?}");
+    assert_eq!(rows[0]["last_error_code"], "delivery", "{rows:?}");
+}
+
+/// Every record of `topic` on the mock cluster: (key, value, seq header, instance header).
+fn consume(bootstrap: &str, topic: &str) -> Vec<(String, String, String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sinks-test")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    // Partitions assigned from the beginning: no group rebalance to wait for.
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = vec![];
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|x| x.key == name))
+                        .and_then(|x| x.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                records.push((
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    header("seq"),
+                    header("instance"),
+                ));
+                quiet_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("consumer: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+#[test]
+fn kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
+    let mut rng = Rng::seeded("kafka kills");
+    let cluster = MockCluster::new(3).unwrap();
+    cluster.create_topic("secops.defender.alert", 3, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let sim = sim_with_alerts();
+    let tenant = Tenant::new(&sim);
+    let sink = format!("kafka://{bootstrap}?topic=secops.{{kind}}");
+    let args = run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--log-level", "warn", "--interval", "1"],
+    );
+    kill_repeatedly(&args, 20, &mut rng, &sim);
+    run_to_end(&run_args(&tenant, &sink, true, &["--log-level", "warn"]));
+
+    let records = consume(&bootstrap, "secops.defender.alert");
+    let mut lines = vec![];
+    for (key, value, seq, instance) in &records {
+        let v: Value = serde_json::from_str(value).unwrap();
+        assert_eq!(seq, &v["seq"].to_string(), "seq header is the line's seq");
+        assert_eq!(instance, "tenant");
+        assert_eq!(
+            key,
+            &format!("tenant/defender.alert/{}", v["id"].as_str().unwrap()),
+            "key is the record's identity"
+        );
+        lines.push((true, value.clone()));
+    }
+    let lines = check_lines(&lines);
+    check_against_tenant(&lines, &sim);
+    eprintln!("kafka: {} records for {} lines", records.len(), lines.len());
+    let rows = status_json(&tenant.path("state.db"));
+    assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
+}
+
+#[test]
+fn kafka_refusing_the_topic_stops_with_the_cause_and_marks_nothing_delivered() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("secops-events", 1, 1).unwrap();
+    cluster
+        .topic_error(
+            "secops-events",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let sim = sim_with_alerts();
+    let tenant = Tenant::new(&sim);
+    let sink = format!(
+        "kafka://{}?message.timeout.ms=5000",
+        cluster.bootstrap_servers()
+    );
+    let out = host(
+        &run_args(&tenant, &sink, true, &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .output()
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the events"), "{stderr}");
+    assert!(stderr.contains("ACLs"), "{stderr}");
+    let rows = status_json(&tenant.path("state.db"));
+    assert!(rows[0]["undelivered"].as_u64().unwrap() > 0, "{rows:?}");
+}
+
+#[test]
+fn a_kafka_cluster_that_is_down_holds_delivery_and_loses_nothing() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("secops-events", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.broker_down(1).unwrap();
+    let sim = sim_with_alerts();
+    let tenant = Tenant::new(&sim);
+    let sink = format!("kafka://{bootstrap}?message.timeout.ms=2000");
+    let args = run_args(
+        &tenant,
+        &sink,
+        false,
+        &["--interval", "1", "--sink-max-lag", "30"],
+    );
+    let log = tenant.dir.path().join("run.log");
+    let run = Running(
+        host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let state = tenant.path("state.db");
+    let start = Instant::now();
+    loop {
+        let rows = status_if_any(&state);
+        if rows.first().is_some_and(|r| {
+            r["last_error_code"] == "delivery" && r["undelivered"].as_u64().unwrap_or(0) >= 30
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the outbox did not grow to the bound: {rows:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cluster.broker_up(1).unwrap();
+    let start = Instant::now();
+    while status_json(&state)[0]["undelivered"] != 0
+        || consume(&bootstrap, "secops-events").len() < sim.latest().len()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "not delivered after the broker came back:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    run.stop();
+    let lines: Vec<(bool, String)> = consume(&bootstrap, "secops-events")
+        .into_iter()
+        .map(|(_, v, _, _)| (true, v))
+        .collect();
+    check_against_tenant(&check_lines(&lines), &sim);
+}
