@@ -329,7 +329,11 @@ fn wiring(instance: &str, page: &[u8], state: Arc<Mutex<StateDb>>, config: &str)
             .into(),
         ),
         state,
-        clock: Arc::new(SystemClock),
+        // The synthetic records' day: a window opened at the system's date would start
+        // after them, and a poll would deliver none of them.
+        clock: Arc::new(connector_host::clock::VirtualClock::new(
+            humantime::parse_rfc3339("2026-11-20T12:00:00Z").unwrap(),
+        )),
         redactor: Redactor::default(),
         memory_bytes: 512 << 20,
         seeded_random: true,
