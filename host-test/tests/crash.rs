@@ -9,22 +9,10 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use support::graph_sim::{Behaviour, GraphSim};
-use support::{Tenant, assert_exactly_once, host, text};
-
-/// A small xorshift generator: the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+use support::{Rng, Tenant, assert_exactly_once, host, text, with_state};
 
 #[test]
 fn kill_9_at_random_moments_neither_loses_nor_repeats_a_line() {
@@ -45,18 +33,7 @@ fn crash_test(state: Option<String>) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash test: {kills} kills, CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded("CRASH_SEED", &format!("crash test: {kills} kills"));
 
     let sim = GraphSim::start(Behaviour {
         page_max: 4,
@@ -65,16 +42,12 @@ fn crash_test(state: Option<String>) {
     sim.add_alerts("a", 120, Duration::from_secs(20 * 3600));
     let tenant = Tenant::new(&sim);
     let args = |once: bool| {
-        let mut args = tenant.run_args(
+        let args = tenant.run_args(
             "defender-alerts",
             once,
             &["--log-level", "warn", "--interval", "1"],
         );
-        if let Some(url) = &state {
-            let at = args.iter().position(|a| a == "--state").unwrap() + 1;
-            args[at] = url.clone();
-        }
-        args
+        with_state(args, state.as_deref())
     };
 
     for k in 0..kills {

@@ -295,18 +295,6 @@ impl Drop for Fleet {
     }
 }
 
-/// A pseudo-random sequence fixed by a seed printed on failure (xorshift).
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn three_hosts_share_thirty_instances_and_twenty_kills_lose_and_repeat_nothing() {
     let server = PgServer::start();
@@ -327,13 +315,7 @@ fn three_hosts_share_thirty_instances_and_twenty_kills_lose_and_repeat_nothing()
         },
     );
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("kill schedule seed: {seed}");
-    let mut random = Random(seed);
+    let mut random = support::Rng::seeded("FLEET_SEED", "kill schedule");
     for round in 0..20 {
         sim.add_alerts(&format!("r{round:02}"), 2, Duration::from_secs(5));
         // Some moment of some host's polls, deliveries or renewals.

@@ -406,14 +406,7 @@ fn polls_that_exceed_the_address_space_fail_with_host_and_serve_lives_on() {
         .spawn()
         .unwrap();
     // Killed if the test fails before its SIGTERM.
-    struct Reaped(Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Reaped(child);
+    let mut child = support::Running(child);
     wait_until(
         "every instance to fail twice with `host`",
         &log,

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use rdkafka::Message;
@@ -25,37 +25,10 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use support::graph_sim::{Behaviour, GraphSim, SECRET};
-use support::{Tenant, host, text, write_json};
+use support::{Rng, Running, Tenant, host, text, with_state, write_json};
 
 const HMAC_SECRET: &str = "whsec-test-9f3e1c";
 const BEARER: &str = "bearer-test-77a1";
-
-/// A small xorshift generator: the seed is printed so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(name: &str) -> Rng {
-        let seed = std::env::var("SINKS_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("{name}: SINKS_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// One POST the receiver read: its idempotency key, body and whether it answered 2xx.
 #[derive(Clone)]
@@ -269,27 +242,6 @@ fn run_to_end(args: &[String]) {
     );
 }
 
-/// A host process that is killed when the test ends, a failed assertion included, so no
-/// test leaves one running.
-struct Running(std::process::Child);
-
-impl Running {
-    /// SIGTERM, then waits for the process to end.
-    fn stop(mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn status_json(state: &str) -> Vec<Value> {
     let out = support::run_host(&["status", "--state", state, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -328,17 +280,11 @@ fn webhook_kill_9_on_postgresql_loses_nothing_and_repeats_are_recognisable() {
 
 /// `state`: a PostgreSQL URL, or the tenant's SQLite file.
 fn webhook_kill_test(state: Option<String>) {
-    let mut rng = Rng::seeded("webhook kills");
+    let mut rng = Rng::seeded("SINKS_SEED", "webhook kills");
     let sim = sim_with_alerts();
     let receiver = Receiver::start(0, true);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
-    let with_state = |mut args: Vec<String>| {
-        if let Some(url) = &state {
-            let at = args.iter().position(|a| a == "--state").unwrap() + 1;
-            args[at] = url.clone();
-        }
-        args
-    };
+    let with_state = |args| with_state(args, state.as_deref());
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
     let args = with_state(run_args(
         &tenant,
@@ -613,7 +559,7 @@ fn consume(bootstrap: &str, topic: &str) -> Vec<(String, String, String, String)
 
 #[test]
 fn kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
-    let mut rng = Rng::seeded("kafka kills");
+    let mut rng = Rng::seeded("SINKS_SEED", "kafka kills");
     let cluster = MockCluster::new(3).unwrap();
     cluster.create_topic("secops.defender.alert", 3, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();

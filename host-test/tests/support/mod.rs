@@ -228,3 +228,62 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A small xorshift generator for kill schedules: seeded from `var` when it is set (to
+/// replay a failure), else from the clock; the seed is printed either way.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(var: &str, what: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{what}: {var}={seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// `args` (a tenant's `run` arguments) with their `--state` replaced by `state` when
+/// given (a PostgreSQL URL), else as they are (the tenant's SQLite file).
+pub fn with_state(mut args: Vec<String>, state: Option<&str>) -> Vec<String> {
+    if let Some(url) = state {
+        let at = args.iter().position(|a| a == "--state").unwrap() + 1;
+        args[at] = url.to_string();
+    }
+    args
+}
+
+/// A host process that is killed and reaped when the test ends, a failed assertion
+/// included, so no test leaves one running.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// SIGTERM, then waits for the process to end.
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
