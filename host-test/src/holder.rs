@@ -169,6 +169,26 @@ impl Drop for Claim {
     }
 }
 
+/// Releases every claim of this process in one write: `serve`'s shutdown, once no poll
+/// is in flight. Released one transaction per claim as each runner dropped, 100,000
+/// instances took 26 s to stop; the drops that follow find nothing left to delete.
+pub fn release_all(state: &Mutex<StateDb>) -> Result<(), StateError> {
+    let mut db = state.lock().unwrap_or_else(|p| p.into_inner());
+    match &mut *db {
+        StateDb::Sqlite(db) => {
+            let path = db.path().to_path_buf();
+            db.conn()
+                .execute(
+                    "DELETE FROM holders WHERE pid = ?1 AND host = ?2",
+                    params![std::process::id(), host_name()],
+                )
+                .map(drop)
+                .map_err(|cause| StateError::Sql { path, cause })
+        }
+        StateDb::Postgres(db) => db.release_all_leases(),
+    }
+}
+
 fn row_holder(r: &rusqlite::Row) -> rusqlite::Result<Holder> {
     Ok(Holder {
         pid: r.get(0)?,
@@ -346,6 +366,30 @@ mod tests {
             live_holders(&mut state.lock().unwrap()).unwrap().is_empty(),
             "released on drop"
         );
+    }
+
+    #[test]
+    fn release_all_frees_every_claim_of_this_process_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = db(dir.path());
+        let claims: Vec<Claim> = ["a", "b", "c"]
+            .iter()
+            .map(|i| Claim::take(&state, i, "2026-12-01T04:00:00Z").unwrap())
+            .collect();
+        // Another host's claim is not this process's to release.
+        sqlite(&state.lock().unwrap())
+            .conn()
+            .execute(
+                "INSERT INTO holders (instance, pid, host, since, process) VALUES ('d', 7, 'elsewhere', 'then', '')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(live_holders(&mut state.lock().unwrap()).unwrap().len(), 4);
+        release_all(&state).unwrap();
+        let left = live_holders(&mut state.lock().unwrap()).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["d"]);
+        drop(claims);
+        assert_eq!(live_holders(&mut state.lock().unwrap()).unwrap().len(), 1);
     }
 
     #[test]

@@ -171,8 +171,11 @@ impl Scheduler {
         self.len() == 0
     }
 
-    /// Lets the turns in flight finish, stops the workers and drops every job.
-    pub fn shutdown(mut self) {
+    /// Lets the turns in flight finish, stops the workers and hands every job back: the
+    /// caller may settle for all of them at once (release every claim in one write)
+    /// before they drop.
+    #[must_use = "dropping the jobs stops them; serve releases their claims first"]
+    pub fn shutdown(mut self) -> Vec<Box<dyn Job>> {
         self.shared.lock().shutdown = true;
         self.shared.wake.notify_all();
         for worker in self.workers.drain(..) {
@@ -180,8 +183,8 @@ impl Scheduler {
                 tracing::error!("a poll worker panicked outside a turn");
             }
         }
-        let jobs: Vec<_> = self.shared.lock().entries.drain().collect();
-        drop(jobs);
+        let entries: Vec<_> = self.shared.lock().entries.drain().collect();
+        entries.into_iter().filter_map(|(_, e)| e.job).collect()
     }
 }
 
@@ -411,7 +414,7 @@ mod tests {
             2,
             "half the workers run slow turns"
         );
-        scheduler.shutdown();
+        drop(scheduler.shutdown());
     }
 
     #[test]
@@ -429,6 +432,6 @@ mod tests {
         let after = turns.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(turns.load(Ordering::SeqCst), after, "no turn after removal");
-        scheduler.shutdown();
+        drop(scheduler.shutdown());
     }
 }

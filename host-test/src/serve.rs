@@ -292,7 +292,11 @@ impl<'a> Server<'a> {
             tracing::warn!("cannot leave the fleet: {e}; the others take over after the lease TTL");
         }
         if let Some(scheduler) = self.scheduler.take() {
-            scheduler.shutdown();
+            let jobs = scheduler.shutdown();
+            if let Err(e) = crate::holder::release_all(&self.state) {
+                tracing::warn!("cannot release the instances' claims at once: {e}");
+            }
+            drop(jobs);
         }
         self.slots.clear();
         self.stop_renewer.store(true, Ordering::Relaxed);

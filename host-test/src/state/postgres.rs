@@ -858,6 +858,25 @@ impl PgDb {
         })
     }
 
+    /// Gives up every lease this host holds, in one statement (shutdown, once no poll is in
+    /// flight): the runners' drops that follow find nothing left to release.
+    pub fn release_all_leases(&mut self) -> Result<(), StateError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let me = self.host_id.clone();
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE leases SET owner = NULL, expires = NULL, next_poll = NULL
+                 WHERE owner = $1",
+                &[&me],
+            )?;
+            Ok(())
+        })?;
+        self.held.clear();
+        Ok(())
+    }
+
     /// Whether this process holds more than its fair share, counting live hosts now: then
     /// the caller releases `instance` so a newer host gets work. Decided under the lease
     /// lock, so several instances of one host do not all give up at once.

@@ -280,6 +280,25 @@ fn a_host_that_lost_its_lease_commits_and_delivers_nothing() {
 }
 
 #[test]
+fn releasing_every_lease_at_once_frees_only_this_hosts() {
+    let url = server().database("t_release_all");
+    let (mut a, mut b) = (pg(&url), pg(&url));
+    for i in ["x", "y", "z"] {
+        a.ensure_instance(i, "entra").unwrap();
+    }
+    a.take_lease("x", "now").unwrap();
+    a.take_lease("y", "now").unwrap();
+    b.take_lease("z", "now").unwrap();
+    a.release_all_leases().unwrap();
+    let leases = b.live_leases().unwrap();
+    assert_eq!(leases.keys().collect::<Vec<_>>(), ["z"], "B keeps its own");
+    // B takes A's at once; A's later per-instance release (a runner's drop) is a no-op.
+    b.take_lease("x", "now").unwrap();
+    a.release_lease("x").unwrap();
+    assert_eq!(b.live_leases().unwrap()["x"].owner, b.host_id());
+}
+
+#[test]
 fn hosts_take_at_most_their_fair_share_and_give_back_the_excess() {
     let url = server().database("t_share");
     let (mut a, mut b) = (pg(&url), pg(&url));
