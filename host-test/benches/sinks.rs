@@ -106,7 +106,7 @@ fn main() {
         let url = format!("http://127.0.0.1:{port}/in#format=ndjson&max_events={max_events}");
         let secrets =
             Secrets::from_map([("sink-hmac-secret".to_string(), "bench".to_string())].into());
-        let mut sink = Sink::connect(&url, "bench", &secrets).unwrap();
+        let mut sink = Sink::connect(&url, &secrets).unwrap();
         let name = if max_events == 500 {
             "webhook, 500 events per POST, HMAC-signed"
         } else {
@@ -120,7 +120,7 @@ fn main() {
     cluster.create_topic("secops-events", 3, 1).unwrap();
     let state = outbox(dir.path(), "kafka");
     let url = format!("kafka://{}", cluster.bootstrap_servers());
-    let mut sink = Sink::connect(&url, "bench", &Secrets::default()).unwrap();
+    let mut sink = Sink::connect(&url, &Secrets::default()).unwrap();
     results.push((
         "kafka (mock cluster, 3 brokers, idempotent, acks=all)",
         deliver(&mut sink, &state),

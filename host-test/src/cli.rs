@@ -514,7 +514,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             setup.sink_max_lag = sink.sink_max_lag;
             let (sink, out) = match &sink.sink {
                 Some(url) => (
-                    Sink::connect(url, &setup.instance, &setup.secrets).map_err(Failure::usage)?,
+                    Sink::connect(url, &setup.secrets).map_err(Failure::usage)?,
                     PathBuf::from(url),
                 ),
                 None => (Sink::open(&out).map_err(Failure::usage)?, out),

@@ -552,7 +552,7 @@ impl InstanceJob {
         let (name, state, clock) = (&self.setup.instance, &self.setup.state, &self.setup.clock);
         let sink = match &self.out {
             Output::File(path) => Sink::open(path),
-            Output::Sink(url) => Sink::connect(url, name, &self.setup.secrets),
+            Output::Sink(url) => Sink::connect(url, &self.setup.secrets),
         };
         let sink = sink.map_err(|e| {
             // A runner records its own delivery failures; this one came before it.

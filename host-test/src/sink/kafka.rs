@@ -17,6 +17,11 @@
 //! same key, value and `seq`: consumers drop a repeat by (`instance`, `seq`). This is at
 //! least once, not exactly once.
 //!
+//! Every instance of the process whose sink has the same settings sends through one
+//! producer (`client.id` `connector-host` unless given), so librdkafka's threads and
+//! connections do not grow with the tenants. A producer that met a fatal error (an
+//! idempotent producer's sequence lost) is replaced; other failures keep it.
+//!
 //! Options (the URL's query; anything else is refused): `topic` (default `secops-events`;
 //! `{kind}` in it makes one topic per event kind, e.g. `secops.{kind}`), and the librdkafka
 //! settings `security.protocol`, `sasl.mechanism`, `sasl.username`, `ssl.ca.location`,
@@ -26,15 +31,17 @@
 //! broker is a loopback address and to `ssl` otherwise. Passwords come from the secrets:
 //! `sink-sasl-password` (`sasl.password`) and `sink-ssl-key-password` (`ssl.key.password`).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::SinkError;
 use crate::secrets::Secrets;
@@ -63,48 +70,95 @@ const PASSED_THROUGH: &[&str] = &[
 /// Lines handed to the producer before waiting for their delivery reports.
 const LINES_PER_SEND: usize = 10_000;
 
+type Shared = ThreadedProducer<Reports>;
+
+/// The producers of this process, one per distinct configuration (secrets included, kept
+/// only as a digest): every instance that sends to the same cluster with the same settings
+/// shares one. librdkafka runs threads and connections per broker per producer, so one
+/// producer per instance would cost a `serve` of 100,000 tenants that many times over.
+/// A producer lives while a sink holds it.
+static PRODUCERS: LazyLock<Mutex<HashMap<[u8; 32], Weak<Shared>>>> =
+    LazyLock::new(Default::default);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct KafkaSink {
     /// `kafka://<brokers>?topic=…` without secrets, for logs.
     shown: String,
     topic: String,
     config: ClientConfig,
-    /// Made on first use and again after a failed send (a fatal idempotence error leaves
-    /// a producer unusable).
-    producer: Option<BaseProducer<Reports>>,
+    /// The digest of `config`: its key in [`PRODUCERS`].
+    key: [u8; 32],
+    producer: Arc<Shared>,
     /// How long to wait for one send's delivery reports.
     report_wait: Duration,
 }
 
-/// The delivery reports of the current send, by index, and the last error librdkafka
-/// reported outside a delivery (e.g. a refused SASL login).
+/// The delivery reports of one send, by the line's index: each record carries its send's
+/// `Pending` as its opaque, so sends of many instances share a producer and still each
+/// learn the fate of exactly its own lines.
+struct Pending {
+    reports: Mutex<Reported>,
+    done: Condvar,
+}
+
+struct Reported {
+    results: Vec<Option<Result<(), KafkaError>>>,
+    /// Records handed to the producer whose report has not come.
+    outstanding: usize,
+}
+
+impl Pending {
+    fn new(lines: usize) -> Arc<Pending> {
+        Arc::new(Pending {
+            reports: Mutex::new(Reported {
+                results: vec![None; lines],
+                outstanding: 0,
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn report(&self, index: usize, result: Result<(), KafkaError>) {
+        let mut r = lock(&self.reports);
+        if let Some(slot @ None) = r.results.get_mut(index) {
+            *slot = Some(result);
+            r.outstanding = r.outstanding.saturating_sub(1);
+            if r.outstanding == 0 {
+                self.done.notify_all();
+            }
+        }
+    }
+}
+
+/// The producer's context: routes delivery reports to their send, and keeps the last
+/// error librdkafka reported outside a delivery (e.g. a refused SASL login) with its time.
 #[derive(Default)]
-pub struct Reports {
-    results: Mutex<Vec<Option<Result<(), KafkaError>>>>,
-    client_error: Mutex<Option<(KafkaError, String)>>,
+struct Reports {
+    client_error: Mutex<Option<(Instant, KafkaError, String)>>,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!("kafka client: {error}: {reason}");
-        *self.client_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((error, reason.to_string()));
+        *lock(&self.client_error) = Some((Instant::now(), error, reason.to_string()));
     }
 }
 
 impl ProducerContext for Reports {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<(Arc<Pending>, usize)>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
-        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = results.get_mut(index) {
-            *slot = Some(result.as_ref().map(drop).map_err(|(e, _)| e.clone()));
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (pending, index) = *opaque;
+        pending.report(index, result.as_ref().map(drop).map_err(|(e, _)| e.clone()));
     }
 }
 
 impl KafkaSink {
     /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`.
-    pub fn connect(rest: &str, instance: &str, secrets: &Secrets) -> Result<Self, SinkError> {
+    pub fn connect(rest: &str, secrets: &Secrets) -> Result<Self, SinkError> {
         let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
         let brokers = brokers.trim_end_matches('/').to_string();
         let shown = if query.is_empty() {
@@ -133,7 +187,7 @@ impl KafkaSink {
             .set("bootstrap.servers", &brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("client.id", format!("connector-host-{instance}"))
+            .set("client.id", "connector-host")
             .set("message.timeout.ms", "30000");
         let mut topic = DEFAULT_TOPIC.to_string();
         let mut protocol = None;
@@ -187,56 +241,43 @@ impl KafkaSink {
             .get("message.timeout.ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000);
-        let mut sink = KafkaSink {
+        let key = {
+            let mut digest = Sha256::new();
+            for (k, v) in config.config_map() {
+                digest.update(format!("{k}\0{v}\0"));
+            }
+            digest.finalize().into()
+        };
+        // A setting librdkafka refuses is a config error now, not a delivery failure later.
+        let producer = shared(&config, key, &shown)?;
+        Ok(KafkaSink {
             shown,
             topic,
             config,
-            producer: None,
+            key,
+            producer,
             report_wait: Duration::from_millis(timeout_ms) + Duration::from_secs(5),
-        };
-        // A setting librdkafka refuses is a config error now, not a delivery failure later.
-        sink.producer()?;
-        Ok(sink)
+        })
     }
 
     pub fn describe(&self) -> String {
         format!("kafka {}", self.shown)
     }
 
-    fn producer(&mut self) -> Result<&BaseProducer<Reports>, SinkError> {
-        if self.producer.is_none() {
-            let producer = self
-                .config
-                .create_with_context(Reports::default())
-                .map_err(|e| SinkError::Config {
-                    sink: self.shown.clone(),
-                    message: format!("librdkafka refuses the settings: {e}"),
-                })?;
-            self.producer = Some(producer);
-        }
-        Ok(self.producer.as_ref().expect("made above"))
-    }
-
     /// Produces up to [`LINES_PER_SEND`] lines and waits for their delivery reports;
     /// returns how many lines from the start the brokers acknowledged.
     pub fn send(&mut self, lines: &[(u64, String)]) -> Result<usize, SinkError> {
+        if self.producer.client().fatal_error().is_some() {
+            // Another instance's send met the fatal error first; use its replacement.
+            self.producer = shared(&self.config, self.key, &self.shown)?;
+        }
         let lines = &lines[..lines.len().min(LINES_PER_SEND)];
-        let records = lines
-            .iter()
-            .map(|(seq, line)| Record::of(*seq, line))
-            .collect::<Vec<_>>();
-        let sink = self.describe();
-        let report_wait = self.report_wait;
-        let topic_template = self.topic.clone();
-        let producer = self.producer()?;
-        *producer
-            .context()
-            .results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = vec![None; lines.len()];
-        let deadline = Instant::now() + report_wait;
-        for (i, ((_, line), record)) in lines.iter().zip(&records).enumerate() {
-            let topic = topic_template.replace("{kind}", &record.kind);
+        let started = Instant::now();
+        let deadline = started + self.report_wait;
+        let pending = Pending::new(lines.len());
+        for (i, (seq, line)) in lines.iter().enumerate() {
+            let record = Record::of(*seq, line);
+            let topic = self.topic.replace("{kind}", &record.kind);
             let seq = record.seq.to_string();
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
@@ -251,73 +292,103 @@ impl KafkaSink {
                     key: "seq",
                     value: Some(seq.as_str()),
                 });
-            let mut base = BaseRecord::with_opaque_to(&topic, i)
+            let mut base = BaseRecord::with_opaque_to(&topic, Box::new((pending.clone(), i)))
                 .key(record.key.as_str())
                 .payload(line.as_str())
                 .headers(headers);
-            loop {
-                match producer.send(base) {
-                    Ok(()) => break,
+            // Counted before the send: its report may come before `send` returns.
+            lock(&pending.reports).outstanding += 1;
+            let refused = loop {
+                match self.producer.send(base) {
+                    Ok(()) => break None,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if Instant::now() < deadline =>
                     {
+                        // The producer's thread drains the queue meanwhile.
                         base = back;
-                        producer.poll(Duration::from_millis(50));
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                    Err((e, _)) => {
-                        // Refused before it was sent (e.g. the topic's ACL, known from
-                        // metadata): its report is this error. The lines before it are in
-                        // flight: wait for them below.
-                        tracing::debug!(sink, "kafka producer refused a record: {e}");
-                        if let Some(slot) = producer
-                            .context()
-                            .results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_mut(i)
-                        {
-                            *slot = Some(Err(e));
-                        }
-                        break;
-                    }
+                    Err((e, _)) => break Some(e),
                 }
+            };
+            if let Some(e) = refused {
+                // Refused before it was sent (e.g. the topic's ACL, known from metadata):
+                // its report is this error, and the lines after it are not sent, so that
+                // what is acknowledged stays a prefix. Those before it are in flight.
+                tracing::debug!(sink = self.shown, "kafka producer refused a record: {e}");
+                pending.report(i, Err(e));
+                break;
             }
         }
-        let acknowledged = loop {
-            producer.poll(Duration::from_millis(20));
-            let results = producer
-                .context()
-                .results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let done = results.iter().all(Option::is_some);
-            if done || Instant::now() >= deadline {
-                break results;
+        let results = {
+            let mut r = lock(&pending.reports);
+            while r.outstanding > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                r = pending
+                    .done
+                    .wait_timeout(r, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
+            r.results.clone()
         };
-        let ok = acknowledged
+        let ok = results
             .iter()
             .take_while(|r| matches!(r, Some(Ok(()))))
             .count();
         if ok == lines.len() {
             return Ok(ok);
         }
-        let failure = acknowledged[ok].clone();
-        let client_error = producer
-            .context()
-            .client_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        // Whatever is still in flight is reported to a producer nobody reads: the next
-        // send starts a fresh one, and the lines after `ok` go again in order.
-        self.producer = None;
+        // Lines still in flight may yet arrive: the runner sends the lines after `ok` again
+        // and consumers drop the repeats by (`instance`, `seq`).
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            // An idempotent producer that met a fatal error takes no more records: the
+            // next send (of any instance) makes a new one.
+            tracing::warn!(
+                sink = self.shown,
+                "kafka producer failed ({code:?}: {reason}); a new one takes over"
+            );
+            let mut producers = lock(&PRODUCERS);
+            if producers
+                .get(&self.key)
+                .is_some_and(|w| w.as_ptr() == Arc::as_ptr(&self.producer))
+            {
+                producers.remove(&self.key);
+            }
+        }
         if ok > 0 {
             return Ok(ok);
         }
-        Err(classify(sink, failure, client_error))
+        let client_error = lock(&self.producer.context().client_error)
+            .as_ref()
+            .filter(|(at, _, _)| *at >= started)
+            .map(|(_, e, reason)| (e.clone(), reason.clone()));
+        Err(classify(self.describe(), results[0].clone(), client_error))
     }
+}
+
+/// The process's producer for `config` (digest `key`), made if there is none or the one
+/// there failed fatally.
+fn shared(config: &ClientConfig, key: [u8; 32], shown: &str) -> Result<Arc<Shared>, SinkError> {
+    let mut producers = lock(&PRODUCERS);
+    if let Some(p) = producers.get(&key).and_then(Weak::upgrade)
+        && p.client().fatal_error().is_none()
+    {
+        return Ok(p);
+    }
+    let producer: Shared = config
+        .create_with_context(Reports::default())
+        .map_err(|e| SinkError::Config {
+            sink: shown.to_string(),
+            message: format!("librdkafka refuses the settings: {e}"),
+        })?;
+    let producer = Arc::new(producer);
+    producers.retain(|_, w| w.strong_count() > 0);
+    producers.insert(key, Arc::downgrade(&producer));
+    Ok(producer)
 }
 
 /// What a failed delivery means: credentials or authorization refused (the operator must
@@ -437,7 +508,7 @@ mod tests {
     fn passwords_in_the_url_and_unknown_options_are_refused() {
         let secrets = Secrets::default();
         let err = |u: &str| {
-            KafkaSink::connect(u.strip_prefix("kafka://").unwrap(), "t", &secrets)
+            KafkaSink::connect(u.strip_prefix("kafka://").unwrap(), &secrets)
                 .err()
                 .unwrap()
                 .to_string()

@@ -99,14 +99,14 @@ impl Sink {
     /// A network sink from its URL: `kafka://…`, `https://…` (`http://` to loopback
     /// only). Its secrets (`sink-hmac-secret`, `sink-bearer-token`, `sink-sasl-password`)
     /// come from the instance's secret sources.
-    pub fn connect(url: &str, instance: &str, secrets: &Secrets) -> Result<Sink, SinkError> {
+    pub fn connect(url: &str, secrets: &Secrets) -> Result<Sink, SinkError> {
         let config = |message: String| SinkError::Config {
             sink: url.to_string(),
             message,
         };
         // A broker list (`a:9092,b:9092`) is no URL host: the Kafka sink reads it itself.
         if let Some(rest) = url.strip_prefix("kafka://") {
-            return kafka::KafkaSink::connect(rest, instance, secrets).map(Sink::Kafka);
+            return kafka::KafkaSink::connect(rest, secrets).map(Sink::Kafka);
         }
         let parsed = url::Url::parse(url).map_err(|e| {
             config(format!(
