@@ -769,6 +769,7 @@ fn serve_instances_on_one_kafka_cluster_share_one_producer() {
         (1..=6).contains(&librdkafka),
         "{librdkafka} librdkafka threads for {INSTANCES} instances on one cluster"
     );
+    eprintln!("{librdkafka} librdkafka threads for {INSTANCES} instances on one cluster");
     serve.stop();
     let records = consume(&bootstrap, "secops-events");
     assert!(
