@@ -6,13 +6,14 @@
 # waits for its next turn, so what is measured is the host's cost per instance (a queue
 # entry, its runner and health record), not Graph's.
 #
-#   host-test/serve-scale.sh 10000            # release host, 32 workers
+#   host-test/serve-scale.sh 10000            # release host, serve's default workers
 #   WORKERS=64 host-test/serve-scale.sh 100000
 #   HOST=target/debug/connector-host host-test/serve-scale.sh 1000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-500}"
-workers="${WORKERS:-32}"
+# WORKERS=<n> sets serve's --workers; without it, serve's default.
+workers="${WORKERS:-}"
 target="${CARGO_TARGET_DIR:-target}"
 # HOST=<binary> measures that build instead (e.g. a debug host, for a quick look).
 if [ -n "${HOST:-}" ]; then
@@ -35,7 +36,7 @@ JSON
 done
 # Events go to stdout (none arrive): an `--out` directory would hold a file per instance.
 CONNECTOR_SECRET_CLIENT_SECRET=synthetic "$host" serve --instances "$work/instances" \
-  --state "$work/state.db" --log-level warn --rescan-secs 1 --workers "$workers" \
+  --state "$work/state.db" --log-level warn --rescan-secs 1 ${workers:+--workers "$workers"} \
   >/dev/null 2>"$work/serve.log" &
 pid=$!
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
@@ -67,7 +68,7 @@ t2=$(date +%s%N)
 kill -TERM "$pid"
 wait "$pid" || true
 t3=$(date +%s%N)
-echo "instances: $n (polled once: $polled), workers: $workers, threads: $threads"
+echo "instances: $n (polled once: $polled), workers: ${workers:-default}, threads: $threads"
 echo "until every instance polled once: $(( (t1 - t0) / 1000000 )) ms"
 echo "RSS: ${base} KiB serving nothing, ${now} KiB serving $n (peak ${peak} KiB)"
 echo "per instance: $(( (now - base) / n )) KiB"

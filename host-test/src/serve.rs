@@ -114,11 +114,13 @@ pub struct ServeOptions {
 }
 
 /// Workers of `serve` by default. A poll mostly waits on Graph (100 ms to the HTTP
-/// timeout per call) and a worker waits with it, blocked, using no CPU; 32 keep a
-/// 2-core host busy with 10,000 tenants polling every minute (about 170 polls a second
-/// at 100-200 ms each) while bounding what polls at once cost (a store, a linear
-/// memory, a thread each) and leaving room for a few tenants hanging to the timeout.
-pub const DEFAULT_WORKERS: usize = 32;
+/// timeout per call) and a worker waits with it, blocked, using no CPU. Measured
+/// (`BENCHMARKS.md`, freshness): 10,000 tenants polling every minute with one in ten
+/// hanging to the 30 s timeout keep p99 freshness within the interval on 128 workers,
+/// the hanging ones holding at most half of them; 32 leave the others 16, fewer than
+/// the 30-odd worker-seconds a second their polls need. Each poll in flight costs a
+/// thread, a store and its linear memory (RSS 190 MiB at 10,000 instances).
+pub const DEFAULT_WORKERS: usize = 128;
 
 /// The first polls of instances started together are spread over this long (or their
 /// interval, if shorter).

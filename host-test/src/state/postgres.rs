@@ -9,7 +9,7 @@
 //! a stall, a partition) and wakes up writes nothing.
 //!
 //! One connection per process, behind the state's mutex like the SQLite connection: a
-//! poll's writes are a few milliseconds against minutes of waiting on Graph, so 32 workers
+//! poll's writes are a few milliseconds against minutes of waiting on Graph, so the poll workers
 //! share it without queueing in practice, and a fleet of N hosts costs the database N
 //! connections, not N × workers. A lost connection is dropped and made again on the next
 //! use, no sooner than a backoff (0.25 s doubling to 30 s) after the last failed attempt.
