@@ -103,8 +103,9 @@ impl ProducerContext for Reports {
 }
 
 impl KafkaSink {
-    /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`.
-    pub fn connect(rest: &str, instance: &str, secrets: &Secrets) -> Result<Self, SinkError> {
+    /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`. Checks it and
+    /// makes the sink without its producer: nothing connects until [`Self::connect`].
+    pub fn parse(rest: &str, instance: &str, secrets: &Secrets) -> Result<Self, SinkError> {
         let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
         let brokers = brokers.trim_end_matches('/').to_string();
         let shown = if query.is_empty() {
@@ -187,16 +188,20 @@ impl KafkaSink {
             .get("message.timeout.ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(30_000);
-        let mut sink = KafkaSink {
+        Ok(KafkaSink {
             shown,
             topic,
             config,
             producer: None,
             report_wait: Duration::from_millis(timeout_ms) + Duration::from_secs(5),
-        };
-        // A setting librdkafka refuses is a config error now, not a delivery failure later.
-        sink.producer()?;
-        Ok(sink)
+        })
+    }
+
+    /// The sink [`Self::parse`] made, with its producer: a setting librdkafka refuses is
+    /// a config error now, not a delivery failure later.
+    pub fn connect(mut self) -> Result<Self, SinkError> {
+        self.producer()?;
+        Ok(self)
     }
 
     pub fn describe(&self) -> String {
@@ -437,7 +442,7 @@ mod tests {
     fn passwords_in_the_url_and_unknown_options_are_refused() {
         let secrets = Secrets::default();
         let err = |u: &str| {
-            KafkaSink::connect(u.strip_prefix("kafka://").unwrap(), "t", &secrets)
+            KafkaSink::parse(u.strip_prefix("kafka://").unwrap(), "t", &secrets)
                 .err()
                 .unwrap()
                 .to_string()

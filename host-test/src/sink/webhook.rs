@@ -45,7 +45,9 @@ pub enum Format {
     Ndjson,
 }
 
-pub struct WebhookSink {
+/// What a webhook sink's URL and secrets say, checked; nothing is sent. `serve --check`
+/// and `validate` stop here; [`WebhookSink::new`] sends with it.
+pub struct WebhookConfig {
     /// The endpoint, without the fragment.
     url: String,
     format: Format,
@@ -56,13 +58,17 @@ pub struct WebhookSink {
     timeout: Duration,
     hmac_secret: Option<String>,
     bearer: Option<String>,
+}
+
+pub struct WebhookSink {
+    config: WebhookConfig,
     agent: ureq::Agent,
     /// Since when lines wait for a fuller batch (not flushed).
     waiting_since: Option<Instant>,
 }
 
-impl WebhookSink {
-    pub fn new(url: &url::Url, secrets: &Secrets) -> Result<Self, SinkError> {
+impl WebhookConfig {
+    pub fn parse(url: &url::Url, secrets: &Secrets) -> Result<Self, SinkError> {
         let shown = {
             let mut u = url.clone();
             u.set_fragment(None);
@@ -79,7 +85,7 @@ impl WebhookSink {
                     .into(),
             ));
         }
-        let mut sink = WebhookSink {
+        let mut sink = WebhookConfig {
             url: shown.clone(),
             format: Format::JsonArray,
             max_events: 500,
@@ -89,13 +95,6 @@ impl WebhookSink {
             timeout: Duration::from_secs(30),
             hmac_secret: secrets.get(HMAC_SECRET).map(str::to_string),
             bearer: secrets.get(BEARER_TOKEN).map(str::to_string),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .user_agent(concat!("connector-host/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .into(),
-            waiting_since: None,
         };
         for (key, value) in url::form_urlencoded::parse(url.fragment().unwrap_or("").as_bytes()) {
             let number = |max: u64| {
@@ -132,6 +131,25 @@ impl WebhookSink {
     pub fn describe(&self) -> String {
         format!("webhook {}", self.url)
     }
+}
+
+impl WebhookSink {
+    pub fn new(config: WebhookConfig) -> Self {
+        WebhookSink {
+            config,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .user_agent(concat!("connector-host/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into(),
+            waiting_since: None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.config.describe()
+    }
 
     /// Sends the next batch of `lines` (the one recorded before a crash, if it is still
     /// the next) and returns how many lines the endpoint acknowledged: the whole batch or
@@ -158,10 +176,10 @@ impl WebhookSink {
             Some(n) => n,
             None => {
                 let n = self.cut(lines);
-                let full = n < lines.len() || n == self.max_events;
+                let full = n < lines.len() || n == self.config.max_events;
                 if !flush && !full {
                     let since = *self.waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < self.max_wait {
+                    if since.elapsed() < self.config.max_wait {
                         return Ok(0);
                     }
                 }
@@ -171,7 +189,7 @@ impl WebhookSink {
             }
         };
         let batch = &lines[..n];
-        let body = body(self.format, batch);
+        let body = body(self.config.format, batch);
         let key = idempotency_key(instance, first, batch[n - 1].0);
         self.post_until_acknowledged(&body, &key)?;
         self.waiting_since = None;
@@ -183,9 +201,9 @@ impl WebhookSink {
     fn cut(&self, lines: &[(u64, String)]) -> usize {
         let mut bytes = 0;
         let mut n = 0;
-        for (_, line) in lines.iter().take(self.max_events) {
+        for (_, line) in lines.iter().take(self.config.max_events) {
             bytes += line.len() + 1;
-            if n > 0 && bytes > self.max_bytes {
+            if n > 0 && bytes > self.config.max_bytes {
                 break;
             }
             n += 1;
@@ -195,7 +213,7 @@ impl WebhookSink {
 
     /// POSTs one batch, retrying what waiting may fix for up to `retry`.
     fn post_until_acknowledged(&self, body: &[u8], key: &str) -> Result<(), SinkError> {
-        let give_up = Instant::now() + self.retry;
+        let give_up = Instant::now() + self.config.retry;
         let mut backoff = Duration::from_millis(250);
         loop {
             let (cause, retry_after) = match self.post(body, key) {
@@ -217,7 +235,7 @@ impl WebhookSink {
                     retry_after,
                 });
             }
-            tracing::debug!(sink = %self.url, wait_ms = wait.as_millis() as u64,
+            tracing::debug!(sink = %self.config.url, wait_ms = wait.as_millis() as u64,
                 "batch not acknowledged, sent again after a wait: {cause}");
             std::thread::sleep(wait);
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -225,26 +243,26 @@ impl WebhookSink {
     }
 
     fn post(&self, body: &[u8], key: &str) -> Result<Outcome, String> {
-        let content_type = match self.format {
+        let content_type = match self.config.format {
             Format::JsonArray => "application/json",
             Format::Ndjson => "application/x-ndjson",
         };
         let mut request = ureq::http::Request::builder()
             .method("POST")
-            .uri(self.url.as_str())
+            .uri(self.config.url.as_str())
             .header("Content-Type", content_type)
             .header("Idempotency-Key", key);
-        if let Some(secret) = &self.hmac_secret {
+        if let Some(secret) = &self.config.hmac_secret {
             request = request.header("X-Signature-256", signature(secret, body));
         }
-        if let Some(token) = &self.bearer {
+        if let Some(token) = &self.config.bearer {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         let request = request.body(body.to_vec()).map_err(|e| e.to_string())?;
         let request = self
             .agent
             .configure_request(request)
-            .timeout_global(Some(self.timeout))
+            .timeout_global(Some(self.config.timeout))
             .build();
         // ureq's errors name the URL and the cause, never headers: no secret in them.
         let mut response = self.agent.run(request).map_err(|e| e.to_string())?;
@@ -392,16 +410,22 @@ mod tests {
     fn options_come_from_the_fragment_and_plain_http_only_to_loopback() {
         let secrets = Secrets::default();
         let url = url::Url::parse("http://127.0.0.1:9/in?x=1#format=ndjson&max_events=3").unwrap();
-        let sink = WebhookSink::new(&url, &secrets).unwrap();
-        assert_eq!(sink.format, Format::Ndjson);
-        assert_eq!(sink.max_events, 3);
-        assert_eq!(sink.url, "http://127.0.0.1:9/in?x=1");
-        assert_eq!(sink.cut(&lines(1..=5)), 3);
+        let config = WebhookConfig::parse(&url, &secrets).unwrap();
+        assert_eq!(config.format, Format::Ndjson);
+        assert_eq!(config.max_events, 3);
+        assert_eq!(config.url, "http://127.0.0.1:9/in?x=1");
+        assert_eq!(WebhookSink::new(config).cut(&lines(1..=5)), 3);
         let far = url::Url::parse("http://siem.example/in").unwrap();
-        let err = WebhookSink::new(&far, &secrets).err().unwrap().to_string();
+        let err = WebhookConfig::parse(&far, &secrets)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("only to a loopback address"), "{err}");
         let bad = url::Url::parse("https://siem.example/in#max_event=3").unwrap();
-        let err = WebhookSink::new(&bad, &secrets).err().unwrap().to_string();
+        let err = WebhookConfig::parse(&bad, &secrets)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown option max_event"), "{err}");
     }
 }
