@@ -38,25 +38,38 @@ struct Post {
     acknowledged: bool,
 }
 
+/// How a [`Receiver`] answers a request with the right signature and token.
+#[derive(Clone, Copy, PartialEq)]
+enum Answers {
+    /// 200, the batch taken.
+    Ok,
+    /// Fails requests by their number: every 5th gets 429 with `Retry-After: 1`, every 7th
+    /// 500, every 9th is taken but answered 503 (the endpoint processed it, the answer was
+    /// lost), every 11th is taken and its connection dropped without an answer.
+    Faulty,
+    /// This status to every request, nothing taken.
+    Always(u16),
+}
+
 /// A loopback webhook receiver. It checks the signature and bearer token of every request
-/// (a wrong one is answered 401) and fails requests by their number: every 5th gets 429
-/// with `Retry-After: 1`, every 7th 500, every 9th is taken but answered 503 (the
-/// endpoint processed it, the answer was lost), every 11th is taken and its connection
-/// dropped without an answer.
+/// (a wrong one is answered 401), then answers as its [`Answers`] say.
 struct Receiver {
     port: u16,
     posts: Arc<Mutex<Vec<Post>>>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
-    fn start(port: u16, faults: bool) -> Receiver {
+    fn start(port: u16, answers: Answers) -> Receiver {
+        let faults = answers == Answers::Faulty;
         let server = tiny_http::Server::http(("127.0.0.1", port)).expect("receiver listens");
         let port = server.server_addr().to_ip().unwrap().port();
         let posts = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (p, s) = (posts.clone(), stop.clone());
+        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (p, s, r) = (posts.clone(), stop.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
@@ -64,6 +77,7 @@ impl Receiver {
                     continue;
                 };
                 n += 1;
+                r.store(n, std::sync::atomic::Ordering::Relaxed);
                 let header = |name: &'static str| {
                     request
                         .headers()
@@ -88,6 +102,8 @@ impl Receiver {
                     || signature != format!("sha256={expected}")
                 {
                     (401, false)
+                } else if let Answers::Always(status) = answers {
+                    (status, false)
                 } else if faults && n.is_multiple_of(5) {
                     (429, false)
                 } else if faults && n.is_multiple_of(7) {
@@ -123,6 +139,7 @@ impl Receiver {
         Receiver {
             port,
             posts,
+            requests,
             stop,
             thread: Some(thread),
         }
@@ -134,6 +151,11 @@ impl Receiver {
 
     fn posts(&self) -> Vec<Post> {
         self.posts.lock().unwrap().clone()
+    }
+
+    /// Requests answered so far, taken or not.
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -377,7 +399,7 @@ fn webhook_kill_9_on_postgresql_loses_nothing_and_repeats_are_recognisable() {
 fn webhook_kill_test(state: Option<String>) {
     let mut rng = Rng::seeded("SINKS_SEED", "webhook kills");
     let sim = sim_with_alerts();
-    let receiver = Receiver::start(0, true);
+    let receiver = Receiver::start(0, Answers::Faulty);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
     let with_state = |args| with_state(args, state.as_deref());
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
@@ -538,7 +560,7 @@ fn serve_webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognis
     // Pages hold a tenant's last 15 minutes (what each poll reads again for late records,
     // the changes of the kills included) in one request: see `serve_kafka_kill_9_…`.
     let sims: Vec<GraphSim> = SERVED.iter().map(|_| sim_with(120, 30)).collect();
-    let receiver = Receiver::start(0, true);
+    let receiver = Receiver::start(0, Answers::Faulty);
     // Each instance file names the sink itself (the `sink` key).
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
     let (during, end) = serve_kill_test("serve webhook kills", &sims, Some(&sink), &[], || {
@@ -656,7 +678,7 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
     );
 
     // Up again: everything arrives, in order, and the backfill resumes.
-    let receiver = Receiver::start(port, false);
+    let receiver = Receiver::start(port, Answers::Ok);
     wait_for(
         "every event to be delivered",
         Duration::from_secs(60),
@@ -685,6 +707,111 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
     check_against_tenant(&check_lines(&lines), &sim);
 }
 
+/// A loopback endpoint that takes connections and never answers.
+struct Hanging {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Hanging {
+    fn start() -> Hanging {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Ends with the test process; the connections stay open, unanswered, till then.
+        std::thread::spawn(move || {
+            let mut held = vec![];
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        Hanging { port, accepted }
+    }
+}
+
+/// SIGTERM, then the exit status and how long the process took to exit; fails (killing
+/// it) past `limit`.
+fn stop_within(mut process: Running, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still running {limit:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_is_not_delayed_by_a_webhook_that_keeps_failing_or_hangs() {
+    let sim = sim_with_alerts();
+    let failing = Receiver::start(0, Answers::Always(503));
+    let hanging = Hanging::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances");
+    // Retries and requests that could go on for an hour.
+    let patient = "retry_secs=3600&timeout_secs=3600";
+    write_instance(&instances, "failing", &sim, Some(&failing.url(patient)));
+    let hangs = format!("http://127.0.0.1:{}/ingest#{patient}", hanging.port);
+    write_instance(&instances, "hanging", &sim, Some(&hangs));
+    let state = dir.path().join("state.db").display().to_string();
+    let log = dir.path().join("serve.log");
+    let serve = Running(
+        host(
+            &serve_args(&instances, &state, &[])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let start = Instant::now();
+    // Both deliveries under way: the failing one sent again at least once, the hanging
+    // one's request taken, events committed for both.
+    while failing.requests() < 2
+        || hanging.accepted.load(std::sync::atomic::Ordering::Relaxed) == 0
+        || status_if_any(&state)
+            .iter()
+            .filter(|r| r["undelivered"].as_u64() > Some(0))
+            .count()
+            < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the deliveries did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, took) = stop_within(serve, Duration::from_secs(10));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    eprintln!("serve exited {took:?} after SIGTERM");
+    assert!(status.success(), "{status}\n{logged}");
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?}\n{logged}"
+    );
+    // Nothing marked delivered: every committed event still waits for the next run.
+    for row in status_json(&state) {
+        assert!(row["undelivered"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["undelivered"], row["events"], "{row}");
+    }
+    assert!(
+        logged.contains("stopping, so not sent again now"),
+        "{logged}"
+    );
+}
+
 fn metrics(port: u16) -> String {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
@@ -698,7 +825,7 @@ fn metrics(port: u16) -> String {
 #[test]
 fn a_webhook_refusing_the_credentials_stops_with_the_cause_and_marks_nothing_delivered() {
     let sim = sim_with_alerts();
-    let receiver = Receiver::start(0, false);
+    let receiver = Receiver::start(0, Answers::Ok);
     let tenant = tenant_with_sink_secrets(&sim, "a-wrong-token");
     let args = run_args(&tenant, &receiver.url(""), true, &[]);
     let out = host(&args.iter().map(String::as_str).collect::<Vec<_>>())

@@ -16,6 +16,7 @@ pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -261,17 +262,20 @@ impl Sink {
     /// Sends the first lines of `lines` (undelivered, in `seq` order) and returns how many
     /// the peer acknowledged, from the start. `flush`: nothing follows soon, so a sink that
     /// collects lines into batches sends what it holds now; otherwise it may answer 0 and
-    /// wait for more lines (up to its time limit).
+    /// wait for more lines (up to its time limit). `stop` raised (SIGTERM, the instance
+    /// removed): a webhook gives up its retries and its request in flight at once, as
+    /// `Unavailable`. (The Kafka sink still waits for its delivery reports.)
     pub fn send(
         &mut self,
         instance: &str,
         lines: &[(u64, String)],
         flush: bool,
         state: &Mutex<StateDb>,
+        stop: &AtomicBool,
     ) -> Result<usize, SinkError> {
         match self {
             Sink::File(f) => f.write(lines).map(|()| lines.len()),
-            Sink::Webhook(w) => w.send(instance, lines, flush, state),
+            Sink::Webhook(w) => w.send(instance, lines, flush, state, stop),
             Sink::Kafka(k) => k.send(lines),
         }
     }

@@ -25,12 +25,15 @@
 //! delivered.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::SinkError;
+use crate::clock::{Clock, SystemClock};
 use crate::secrets::Secrets;
 use crate::state::StateDb;
 
@@ -38,6 +41,9 @@ use crate::state::StateDb;
 pub const HMAC_SECRET: &str = "sink-hmac-secret";
 /// The secret sent as a bearer token.
 pub const BEARER_TOKEN: &str = "sink-bearer-token";
+
+/// How soon a raised stop flag ends a request in flight.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -153,13 +159,15 @@ impl WebhookSink {
 
     /// Sends the next batch of `lines` (the one recorded before a crash, if it is still
     /// the next) and returns how many lines the endpoint acknowledged: the whole batch or
-    /// none (0 also when a small batch waits to fill up).
+    /// none (0 also when a small batch waits to fill up). `stop` raised (SIGTERM, the
+    /// instance removed) ends the retries and a request in flight within [`STOP_CHECK`].
     pub fn send(
         &mut self,
         instance: &str,
         lines: &[(u64, String)],
         flush: bool,
         state: &Mutex<StateDb>,
+        stop: &AtomicBool,
     ) -> Result<usize, SinkError> {
         let Some(&(first, _)) = lines.first() else {
             return Ok(0);
@@ -191,7 +199,7 @@ impl WebhookSink {
         let batch = &lines[..n];
         let body = body(self.config.format, batch);
         let key = idempotency_key(instance, first, batch[n - 1].0);
-        self.post_until_acknowledged(&body, &key)?;
+        self.post_until_acknowledged(&body, &key, stop)?;
         self.waiting_since = None;
         Ok(n)
     }
@@ -211,21 +219,34 @@ impl WebhookSink {
         n
     }
 
-    /// POSTs one batch, retrying what waiting may fix for up to `retry`.
-    fn post_until_acknowledged(&self, body: &[u8], key: &str) -> Result<(), SinkError> {
+    /// POSTs one batch, retrying what waiting may fix for up to `retry`. A raised `stop`
+    /// ends it, in a wait or a request, as `Unavailable`: nothing is marked delivered, and
+    /// the batch goes again under the same idempotency key when the instance runs next.
+    fn post_until_acknowledged(
+        &self,
+        body: &[u8],
+        key: &str,
+        stop: &AtomicBool,
+    ) -> Result<(), SinkError> {
         let give_up = Instant::now() + self.config.retry;
         let mut backoff = Duration::from_millis(250);
+        let stopped = |cause: &str, retry_after| SinkError::Unavailable {
+            sink: self.describe(),
+            cause: format!("{cause}; stopping, so not sent again now"),
+            retry_after,
+        };
         loop {
-            let (cause, retry_after) = match self.post(body, key) {
-                Ok(Outcome::Acknowledged) => return Ok(()),
-                Ok(Outcome::Refused(cause)) => {
+            let (cause, retry_after) = match self.post_unless_stopped(body, key, stop) {
+                None => return Err(stopped("the batch was in flight", None)),
+                Some(Ok(Outcome::Acknowledged)) => return Ok(()),
+                Some(Ok(Outcome::Refused(cause))) => {
                     return Err(SinkError::Rejected {
                         sink: self.describe(),
                         cause,
                     });
                 }
-                Ok(Outcome::Later { cause, retry_after }) => (cause, retry_after),
-                Err(cause) => (cause, None),
+                Some(Ok(Outcome::Later { cause, retry_after })) => (cause, retry_after),
+                Some(Err(cause)) => (cause, None),
             };
             let wait = retry_after.unwrap_or(backoff);
             if Instant::now() + wait > give_up {
@@ -237,12 +258,53 @@ impl WebhookSink {
             }
             tracing::debug!(sink = %self.config.url, wait_ms = wait.as_millis() as u64,
                 "batch not acknowledged, sent again after a wait: {cause}");
-            std::thread::sleep(wait);
+            SystemClock.sleep(wait, stop);
+            if stop.load(Ordering::Relaxed) {
+                return Err(stopped(&cause, retry_after));
+            }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
-    fn post(&self, body: &[u8], key: &str) -> Result<Outcome, String> {
+    /// [`answer`] to one POST of the batch, on a thread of its own so that a raised
+    /// `stop` need not wait for a request that hangs (up to `timeout_secs`): `None` then.
+    /// The request left behind ends by its own timeout, whatever the endpoint makes of it.
+    fn post_unless_stopped(
+        &self,
+        body: &[u8],
+        key: &str,
+        stop: &AtomicBool,
+    ) -> Option<Result<Outcome, String>> {
+        let request = match self.request(body, key) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let agent = self.agent.clone();
+        let (tx, rx) = sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("webhook-post".into())
+            .spawn(move || {
+                let _ = tx.send(answer(&agent, request));
+            });
+        if let Err(e) = spawned {
+            // No thread to spare: the request runs here, and a stop waits for it.
+            tracing::debug!(sink = %self.config.url, "cannot start a thread for the request: {e}");
+            return Some(self.request(body, key).and_then(|r| answer(&self.agent, r)));
+        }
+        loop {
+            match rx.recv_timeout(STOP_CHECK) {
+                Ok(answer) => return Some(answer),
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return None,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Some(Err("the request ended without an answer".into()));
+                }
+            }
+        }
+    }
+
+    /// The batch's POST: its headers (signature, bearer token) and time limit.
+    fn request(&self, body: &[u8], key: &str) -> Result<ureq::http::Request<Vec<u8>>, String> {
         let content_type = match self.config.format {
             Format::JsonArray => "application/json",
             Format::Ndjson => "application/x-ndjson",
@@ -259,50 +321,54 @@ impl WebhookSink {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         let request = request.body(body.to_vec()).map_err(|e| e.to_string())?;
-        let request = self
+        Ok(self
             .agent
             .configure_request(request)
             .timeout_global(Some(self.config.timeout))
-            .build();
-        // ureq's errors name the URL and the cause, never headers: no secret in them.
-        let mut response = self.agent.run(request).map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
-        // A little of the endpoint's answer helps the operator; it is the endpoint's
-        // text, not ours, so no secret of ours is in it.
-        let said = response
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
-        let said: String = said.trim().chars().take(200).collect();
-        let said = if said.is_empty() {
-            String::new()
-        } else {
-            format!(": {said}")
-        };
-        Ok(match status {
-            200..=299 => Outcome::Acknowledged,
-            401 | 403 => Outcome::Refused(format!(
-                "HTTP {status}{said}; check the secret {BEARER_TOKEN} or {HMAC_SECRET} \
-                 against what the endpoint expects"
-            )),
-            408 | 425 | 429 | 500..=599 => Outcome::Later {
-                cause: format!("HTTP {status}{said}"),
-                retry_after,
-            },
-            _ => Outcome::Refused(format!(
-                "HTTP {status}{said}; the endpoint does not take this batch, so delivery \
-                 stops here until the endpoint or the --sink option is fixed"
-            )),
-        })
+            .build())
     }
+}
+
+/// Sends `request` and says what the endpoint's answer means.
+fn answer(agent: &ureq::Agent, request: ureq::http::Request<Vec<u8>>) -> Result<Outcome, String> {
+    // ureq's errors name the URL and the cause, never headers: no secret in them.
+    let mut response = agent.run(request).map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    // A little of the endpoint's answer helps the operator; it is the endpoint's
+    // text, not ours, so no secret of ours is in it.
+    let said = response
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    let said: String = said.trim().chars().take(200).collect();
+    let said = if said.is_empty() {
+        String::new()
+    } else {
+        format!(": {said}")
+    };
+    Ok(match status {
+        200..=299 => Outcome::Acknowledged,
+        401 | 403 => Outcome::Refused(format!(
+            "HTTP {status}{said}; check the secret {BEARER_TOKEN} or {HMAC_SECRET} \
+                 against what the endpoint expects"
+        )),
+        408 | 425 | 429 | 500..=599 => Outcome::Later {
+            cause: format!("HTTP {status}{said}"),
+            retry_after,
+        },
+        _ => Outcome::Refused(format!(
+            "HTTP {status}{said}; the endpoint does not take this batch, so delivery \
+                 stops here until the endpoint or the --sink option is fixed"
+        )),
+    })
 }
 
 enum Outcome {
