@@ -27,7 +27,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -338,8 +338,7 @@ fn answer(agent: &ureq::Agent, request: ureq::http::Request<Vec<u8>>) -> Result<
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(3600)));
+        .and_then(|v| retry_after(v, SystemTime::now()));
     // A little of the endpoint's answer helps the operator; it is the endpoint's
     // text, not ours, so no secret of ours is in it.
     let said = response
@@ -369,6 +368,21 @@ fn answer(agent: &ureq::Agent, request: ureq::http::Request<Vec<u8>>) -> Result<
                  stops here until the endpoint or the --sink option is fixed"
         )),
     })
+}
+
+/// A `Retry-After` value as RFC 9110 allows it, seconds or an HTTP date, as the wait from
+/// `now`, at most an hour. A date already past, or a value that is neither, says nothing
+/// about when: the sender's own backoff applies (rather than sending again at once).
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .ok()?,
+    };
+    Some(wait.min(Duration::from_secs(3600)))
 }
 
 enum Outcome {
@@ -436,6 +450,39 @@ mod tests {
 
     fn lines(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, String)> {
         seqs.map(|s| (s, format!("{{\"seq\":{s}}}"))).collect()
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let date = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let before = date - Duration::from_secs(90);
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(retry_after(" 120 ", before), secs(120));
+        assert_eq!(retry_after("0", before), secs(0));
+        assert_eq!(retry_after("86400", before), secs(3600), "at most an hour");
+        // The three date forms RFC 9110 has recipients accept.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", before),
+            secs(90)
+        );
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:49:37 GMT", before),
+            secs(90)
+        );
+        assert_eq!(retry_after("Sun Nov  6 08:49:37 1994", before), secs(90));
+        assert_eq!(
+            retry_after("Mon, 07 Nov 1994 08:49:37 GMT", before),
+            secs(3600),
+            "a day later: at most an hour"
+        );
+        let after = date + Duration::from_secs(5);
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", after),
+            None,
+            "past"
+        );
+        assert_eq!(retry_after("soon", before), None);
+        assert_eq!(retry_after("-5", before), None);
     }
 
     #[test]
