@@ -4,6 +4,7 @@
 //! and librdkafka's mock Kafka cluster, in one run, with the cost per event as a ratio to
 //! the file sink. Run: `cargo bench -p connector-host --bench sinks`.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,9 @@ fn deliver(sink: &mut Sink, state: &Arc<Mutex<StateDb>>) -> Duration {
     let lines = state.lock().unwrap().undelivered("bench").unwrap();
     let mut rest = &lines[..];
     while !rest.is_empty() {
-        let n = sink.send("bench", rest, true, state).unwrap();
+        let n = sink
+            .send("bench", rest, true, state, &AtomicBool::new(false))
+            .unwrap();
         assert!(n > 0);
         state
             .lock()

@@ -1,7 +1,8 @@
 //! `serve --check <dir>` and `validate <instance file>`: whether each instance file of a
 //! `serve` directory would start, without starting it: the file's format, its component,
-//! its secrets (present, and under the names the connector reads) and its config as the
-//! component sees it; with `online`, the component's `validate` against the tenant too.
+//! its secrets (present, and under the names the connector reads), its network sink's URL
+//! (parsed as `serve` parses it, not connected) and its config as the component sees it;
+//! with `online`, the component's `validate` against the tenant too.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use crate::engine::{HostEngine, Limits};
 use crate::runner::{RunError, RunSetup};
 use crate::secrets::Secrets;
 use crate::serve::{InstanceFile, instance_name, read_instance_file};
+use crate::sink::SinkConfig;
 use crate::state::StateDb;
 
 /// What the check of one instance file came to.
@@ -51,8 +53,15 @@ pub fn instance_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(paths)
 }
 
-/// Checks one instance file; paths in it are relative to its directory.
-pub fn check_file(engine: &HostEngine, file: &Path, limits: &Limits, online: bool) -> Checked {
+/// Checks one instance file; paths in it are relative to its directory. `sink`: `serve`'s
+/// `--sink`, for a file that names no sink of its own.
+pub fn check_file(
+    engine: &HostEngine,
+    file: &Path,
+    limits: &Limits,
+    online: bool,
+    sink: Option<&str>,
+) -> Checked {
     let bytes = std::fs::read(file).unwrap_or_default();
     let stem = file
         .file_stem()
@@ -60,7 +69,7 @@ pub fn check_file(engine: &HostEngine, file: &Path, limits: &Limits, online: boo
         .to_string_lossy()
         .into_owned();
     let name = instance_name(file, &bytes).unwrap_or(stem);
-    let outcome = check(engine, file, &name, limits, online);
+    let outcome = check(engine, file, &name, limits, online, sink);
     Checked {
         name,
         file: file.to_path_buf(),
@@ -74,6 +83,7 @@ fn check(
     name: &str,
     limits: &Limits,
     online: bool,
+    sink: Option<&str>,
 ) -> Result<String, Problem> {
     let bytes = std::fs::read(file).map_err(|e| Problem::File(format!("cannot read it: {e}")))?;
     instance_name(file, &bytes).map_err(Problem::File)?;
@@ -87,6 +97,16 @@ fn check(
             Secrets::from_file(&base.join(path)).map_err(|e| Problem::File(e.to_string()))?
         }
         None => Secrets::from_env_for(name),
+    };
+    // The URL and its options as `serve` would read them (the same parse), its secrets
+    // from the instance's; nothing is connected.
+    let sink = match spec.sink.as_deref().or(sink) {
+        Some(url) => Some(
+            SinkConfig::parse(url, &secrets)
+                .map_err(|e| Problem::File(e.to_string()))?
+                .describe(),
+        ),
+        None => None,
     };
     let state = StateDb::open(Path::new(":memory:")).map_err(|e| Problem::File(e.to_string()))?;
     let mut setup = RunSetup::new(
@@ -128,7 +148,10 @@ fn check(
         Err(RunError::Config(m)) => return Err(Problem::File(format!("config refused: {m}"))),
         Err(e) => return Err(Problem::File(e.to_string())),
     }
-    let what = format!("{} {}", metadata.name, metadata.version);
+    let mut what = format!("{} {}", metadata.name, metadata.version);
+    if let Some(sink) = sink {
+        what = format!("{what}, to {sink}");
+    }
     if !online {
         return Ok(what);
     }

@@ -152,8 +152,8 @@ enum Command {
         /// of hosts.
         #[arg(long, required_unless_present = "check")]
         state: Option<PathBuf>,
-        /// Check every instance file (format, component, secrets, config) without serving:
-        /// one line per instance, exit 2 if any must be fixed.
+        /// Check every instance file (format, component, secrets, sink URL, config) without
+        /// serving or connecting: one line per instance, exit 2 if any must be fixed.
         #[arg(long)]
         check: bool,
         /// With --check: also `validate` each instance against its tenant (exit 1 if one
@@ -448,7 +448,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
         } => {
             if component.extension().is_some_and(|e| e == "json") {
                 let checked =
-                    crate::check::check_file(&engine, &component, &(&limits).into(), true);
+                    crate::check::check_file(&engine, &component, &(&limits).into(), true, None);
                 println!("{}", checked.line());
                 return match crate::check::exit_code(std::slice::from_ref(&checked)) {
                     0 => Ok(()),
@@ -567,7 +567,8 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             online,
         } => {
             if check {
-                return check_instances(&engine, &instances, &(&limits).into(), online);
+                let sink = sink.sink.as_deref();
+                return check_instances(&engine, &instances, &(&limits).into(), online, sink);
             }
             let state = state.expect("clap requires --state without --check");
             let mut options = ServeOptions::new(instances, state);
@@ -687,11 +688,13 @@ fn serve(
     Ok(())
 }
 
+/// `sink`: `serve --sink`, checked for every file that names no sink of its own.
 fn check_instances(
     engine: &HostEngine,
     dir: &Path,
     limits: &Limits,
     online: bool,
+    sink: Option<&str>,
 ) -> Result<(), Failure> {
     let files = crate::check::instance_files(dir).map_err(Failure::usage)?;
     if files.is_empty() {
@@ -702,7 +705,7 @@ fn check_instances(
     }
     let mut checked = Vec::new();
     for file in files {
-        let c = crate::check::check_file(engine, &file, limits, online);
+        let c = crate::check::check_file(engine, &file, limits, online, sink);
         println!("{}", c.line());
         checked.push(c);
     }

@@ -414,11 +414,12 @@ impl Runner {
         let mut rest = &lines[..];
         let mut delivered = 0;
         let state = self.setup.state.clone();
+        let stop = self.setup.stop.clone();
         while !rest.is_empty() {
             // A send can outlast a lease (a webhook's retries): each part is sent only
             // while this host still holds the instance.
             self.db().check_lease(&name)?;
-            let n = self.sink()?.send(&name, rest, flush, &state)?;
+            let n = self.sink()?.send(&name, rest, flush, &state, &stop)?;
             if n == 0 {
                 break;
             }

@@ -511,6 +511,162 @@ fn serve_check_prints_a_line_per_instance_and_fails_on_any() {
     assert!(one.status.success(), "{}", text(&one.stdout));
 }
 
+// Issue 16: a sink URL (an instance file's `sink`, else `serve --sink`) is checked as
+// `serve` reads it, and nothing connects to it.
+#[test]
+fn serve_check_and_validate_name_each_bad_sink_url_with_its_fix_without_connecting() {
+    let sim = GraphSim::start(Behaviour::default());
+    // The good sinks point here: the check must not connect.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    write_json(
+        &dir.join("secrets/t.json"),
+        &json!({"client-secret": SECRET, "sink-sasl-password": "sasl-pw-not-shown"}),
+    );
+    let wasm = support::alerts_wasm();
+    let webhook = format!("http://127.0.0.1:{port}/in");
+    let kafka = format!("kafka://127.0.0.1:{port}");
+    // (instance, its file's sink, what its line says)
+    let cases = [
+        (
+            "webhook",
+            Some(format!("{webhook}#format=ndjson")),
+            format!("ok, to webhook {webhook}"),
+        ),
+        (
+            "kafka",
+            Some(format!("{kafka}?topic=secops.{{kind}}")),
+            format!("ok, to kafka {kafka}?topic=secops.{{kind}}"),
+        ),
+        (
+            "scheme",
+            Some("ftp://siem.example/in".into()),
+            "unknown scheme ftp: a sink is kafka://… or https://…".into(),
+        ),
+        (
+            "plain-http",
+            Some("http://siem.example/in".into()),
+            "plain http:// only to a loopback address".into(),
+        ),
+        (
+            "credentials",
+            Some("https://ingest:hunter2@siem.example/in".into()),
+            "credentials do not belong in the URL".into(),
+        ),
+        (
+            "option",
+            Some("https://siem.example/in#max_event=3".into()),
+            "unknown option max_event; the options are format".into(),
+        ),
+        (
+            "option-value",
+            Some("https://siem.example/in#format=xml".into()),
+            "format=xml: give json or ndjson".into(),
+        ),
+        (
+            "brokers",
+            Some("kafka://broker.example".into()),
+            "give the brokers as kafka://<host>:<port>".into(),
+        ),
+        (
+            "topic",
+            Some(format!("{kafka}?topic=a%20b")),
+            "a topic name has letters, digits".into(),
+        ),
+        (
+            "kafka-option",
+            Some(format!("{kafka}?acks=1")),
+            "unknown option acks; the options are topic".into(),
+        ),
+        (
+            "kafka-password",
+            Some(format!("{kafka}?sasl.password=hunter2")),
+            "put it in the secrets as sink-sasl-password".into(),
+        ),
+        // No sink of its own: `serve --sink`, when given.
+        (
+            "default",
+            None,
+            "unknown option compression; the options are topic".into(),
+        ),
+    ];
+    for (name, sink, _) in &cases {
+        let mut file =
+            json!({"component": wasm, "config": sim.config(1), "secrets": "secrets/t.json"});
+        if let Some(sink) = sink {
+            file["sink"] = json!(sink);
+        }
+        write_json(&dir.join(format!("{name}.json")), &file);
+    }
+    let d = dir.display().to_string();
+    let bad_default = format!("{kafka}?compression=zstd");
+    let out = run_host(&[
+        "serve",
+        "--instances",
+        &d,
+        "--check",
+        "--sink",
+        &bad_default,
+    ]);
+    let lines = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{lines}{}", text(&out.stderr));
+    assert_eq!(lines.lines().count(), cases.len(), "{lines}");
+    for (name, _, says) in &cases {
+        let line = lines
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{lines}"));
+        match says.strip_prefix("ok") {
+            Some(to) => assert!(
+                line.starts_with("ok ") && line.ends_with(to),
+                "{name}: {line}"
+            ),
+            None => assert!(
+                line.starts_with("FAIL ") && line.contains(says.as_str()),
+                "{name}: {line}"
+            ),
+        }
+    }
+    for secret in ["hunter2", "sasl-pw-not-shown"] {
+        assert!(
+            !lines.contains(secret) && !text(&out.stderr).contains(secret),
+            "{lines}"
+        );
+    }
+
+    // Without --sink, an instance that names none writes to --out: nothing to check.
+    let out = run_host(&["serve", "--instances", &d, "--check"]);
+    let lines = text(&out.stdout);
+    let default = lines.lines().find(|l| l.contains(" default ")).unwrap();
+    assert!(
+        default.starts_with("ok ") && !default.contains(", to "),
+        "{lines}"
+    );
+
+    // `validate <instance file>` checks the file's sink the same way.
+    let one = run_host(&[
+        "validate",
+        &dir.join("plain-http.json").display().to_string(),
+    ]);
+    assert_eq!(one.status.code(), Some(2), "{}", text(&one.stdout));
+    assert!(
+        text(&one.stdout).contains("use https:// for another host"),
+        "{}",
+        text(&one.stdout)
+    );
+    let one = run_host(&["validate", &dir.join("webhook.json").display().to_string()]);
+    assert!(one.status.success(), "{}", text(&one.stdout));
+
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the check connected to the sink: {other:?}"),
+    }
+}
+
 // Items 5, 8 (serve) and 13: removal, forget, /healthz and /readyz, rotation on SIGHUP.
 #[test]
 fn a_removed_instance_leaves_the_metrics_and_forget_deletes_only_its_state() {

@@ -39,25 +39,38 @@ struct Post {
     acknowledged: bool,
 }
 
+/// How a [`Receiver`] answers a request with the right signature and token.
+#[derive(Clone, Copy, PartialEq)]
+enum Answers {
+    /// 200, the batch taken.
+    Ok,
+    /// Fails requests by their number: every 5th gets 429 with `Retry-After: 1`, every 7th
+    /// 500, every 9th is taken but answered 503 (the endpoint processed it, the answer was
+    /// lost), every 11th is taken and its connection dropped without an answer.
+    Faulty,
+    /// This status to every request, nothing taken.
+    Always(u16),
+}
+
 /// A loopback webhook receiver. It checks the signature and bearer token of every request
-/// (a wrong one is answered 401) and fails requests by their number: every 5th gets 429
-/// with `Retry-After: 1`, every 7th 500, every 9th is taken but answered 503 (the
-/// endpoint processed it, the answer was lost), every 11th is taken and its connection
-/// dropped without an answer.
+/// (a wrong one is answered 401), then answers as its [`Answers`] say.
 struct Receiver {
     port: u16,
     posts: Arc<Mutex<Vec<Post>>>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
-    fn start(port: u16, faults: bool) -> Receiver {
+    fn start(port: u16, answers: Answers) -> Receiver {
+        let faults = answers == Answers::Faulty;
         let server = tiny_http::Server::http(("127.0.0.1", port)).expect("receiver listens");
         let port = server.server_addr().to_ip().unwrap().port();
         let posts = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (p, s) = (posts.clone(), stop.clone());
+        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (p, s, r) = (posts.clone(), stop.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
@@ -65,6 +78,7 @@ impl Receiver {
                     continue;
                 };
                 n += 1;
+                r.store(n, std::sync::atomic::Ordering::Relaxed);
                 let header = |name: &'static str| {
                     request
                         .headers()
@@ -89,6 +103,8 @@ impl Receiver {
                     || signature != format!("sha256={expected}")
                 {
                     (401, false)
+                } else if let Answers::Always(status) = answers {
+                    (status, false)
                 } else if faults && n.is_multiple_of(5) {
                     (429, false)
                 } else if faults && n.is_multiple_of(7) {
@@ -124,6 +140,7 @@ impl Receiver {
         Receiver {
             port,
             posts,
+            requests,
             stop,
             thread: Some(thread),
         }
@@ -135,6 +152,11 @@ impl Receiver {
 
     fn posts(&self) -> Vec<Post> {
         self.posts.lock().unwrap().clone()
+    }
+
+    /// Requests answered so far, taken or not.
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -191,14 +213,49 @@ fn check_against_tenant(lines: &BTreeMap<u64, Value>, sim: &GraphSim) {
     assert!(extra.is_empty(), "never served: {extra:?}");
 }
 
+/// A tenant's secrets: the simulator's client secret and the webhook's signing secret and
+/// bearer token.
+fn sink_secrets(bearer: &str) -> Value {
+    json!({"client-secret": SECRET, "sink-hmac-secret": HMAC_SECRET, "sink-bearer-token": bearer})
+}
+
 fn tenant_with_sink_secrets(sim: &GraphSim, bearer: &str) -> Tenant {
     let tenant = Tenant::new(sim);
     write_json(
         &tenant.dir.path().join("secrets.json"),
-        &json!({"client-secret": SECRET, "sink-hmac-secret": HMAC_SECRET,
-                "sink-bearer-token": bearer}),
+        &sink_secrets(bearer),
     );
     tenant
+}
+
+/// A `serve` instance file `<dir>/<name>.json`: the alerts component polling `sim` every
+/// second, its secrets (client and webhook) in `secrets/<name>.json`, and `sink` as the
+/// file's own sink, if given (else `serve`'s `--sink` or `--out`).
+fn write_instance(dir: &Path, name: &str, sim: &GraphSim, sink: Option<&str>) {
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    let secrets = format!("secrets/{name}.json");
+    write_json(&dir.join(&secrets), &sink_secrets(BEARER));
+    let mut file = json!({
+        "component": support::alerts_wasm(),
+        "config": sim.config(1),
+        "secrets": secrets,
+        "interval_secs": 1,
+    });
+    if let Some(sink) = sink {
+        file["sink"] = json!(sink);
+    }
+    write_json(&dir.join(format!("{name}.json")), &file);
+}
+
+/// `serve --instances <dir> --state <state> <extra>`.
+fn serve_args(instances: &Path, state: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["serve", "--instances", &instances.display().to_string()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(["--state".to_string(), state.to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// `run` with `--sink` instead of `--out`.
@@ -209,8 +266,16 @@ fn run_args(tenant: &Tenant, sink: &str, once: bool, extra: &[&str]) -> Vec<Stri
     args
 }
 
-/// Runs `args` and kills the host with SIGKILL after a random moment, `kills` times.
-fn kill_repeatedly(args: &[String], kills: usize, rng: &mut Rng, sim: &GraphSim) {
+/// Runs `args` (`run` or `serve`) and kills the host with SIGKILL at a random moment
+/// `from_ms..to_ms` after its start, `kills` times. Every 4th kill, each tenant changes:
+/// 3 alerts updated, 2 new ones.
+fn kill_repeatedly(
+    args: &[String],
+    kills: usize,
+    (from_ms, to_ms): (u64, u64),
+    rng: &mut Rng,
+    sims: &[&GraphSim],
+) {
     for k in 0..kills {
         let child = Running(
             host(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -219,17 +284,64 @@ fn kill_repeatedly(args: &[String], kills: usize, rng: &mut Rng, sim: &GraphSim)
                 .spawn()
                 .expect("start connector-host"),
         );
-        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        std::thread::sleep(Duration::from_millis(from_ms + rng.below(to_ms - from_ms)));
         drop(child); // SIGKILL (std's kill), then wait
         if k % 4 == 3 {
-            let ids = sim.ids();
-            let picked: Vec<String> = (0..3)
-                .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
-                .collect();
-            sim.update_alerts(&picked);
-            sim.add_alerts(&format!("k{k}"), 2, Duration::from_secs(30));
+            for sim in sims {
+                let ids = sim.ids();
+                let picked: Vec<String> = (0..3)
+                    .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
+                    .collect();
+                sim.update_alerts(&picked);
+                sim.add_alerts(&format!("k{k}"), 2, Duration::from_secs(30));
+            }
         }
     }
+}
+
+/// Kill moments of `run`: it delivers within a few hundred milliseconds of its start.
+const RUN_KILLS_MS: (u64, u64) = (100, 500);
+/// Kill moments of `serve`: its instances' first polls are spread over their first
+/// second (`interval_secs` 1), so it is given longer to reach delivery.
+const SERVE_KILLS_MS: (u64, u64) = (300, 1500);
+
+/// Serves `args` until every one of `instances` instances has nothing undelivered and
+/// `delivered` says the sink holds every tenant's current versions, then stops it with
+/// SIGTERM: it must exit 0.
+fn serve_to_end(
+    args: &[String],
+    state: &str,
+    instances: usize,
+    mut delivered: impl FnMut() -> bool,
+) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let serve = Running(
+        host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start connector-host serve"),
+    );
+    let start = Instant::now();
+    loop {
+        let rows = status_if_any(state);
+        let empty = rows.len() == instances && rows.iter().all(|r| r["undelivered"] == 0);
+        if empty && delivered() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not deliver everything after the kills: {rows:?}\n{}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let status = serve.stop();
+    assert!(
+        status.success(),
+        "serve stops cleanly on SIGTERM: {status}\n{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
 }
 
 fn run_to_end(args: &[String]) {
@@ -258,11 +370,16 @@ fn status_if_any(state: &str) -> Vec<Value> {
 }
 
 fn sim_with_alerts() -> GraphSim {
+    sim_with(120, 4)
+}
+
+/// `alerts` alerts over the past 20 hours, served at most `page_max` a page.
+fn sim_with(alerts: usize, page_max: usize) -> GraphSim {
     let sim = GraphSim::start(Behaviour {
-        page_max: 4,
+        page_max,
         ..Behaviour::default()
     });
-    sim.add_alerts("a", 120, Duration::from_secs(20 * 3600));
+    sim.add_alerts("a", alerts, Duration::from_secs(20 * 3600));
     sim
 }
 
@@ -283,7 +400,7 @@ fn webhook_kill_9_on_postgresql_loses_nothing_and_repeats_are_recognisable() {
 fn webhook_kill_test(state: Option<String>) {
     let mut rng = Rng::seeded("SINKS_SEED", "webhook kills");
     let sim = sim_with_alerts();
-    let receiver = Receiver::start(0, true);
+    let receiver = Receiver::start(0, Answers::Faulty);
     let tenant = tenant_with_sink_secrets(&sim, BEARER);
     let with_state = |args| with_state(args, state.as_deref());
     let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
@@ -293,7 +410,7 @@ fn webhook_kill_test(state: Option<String>) {
         false,
         &["--log-level", "warn", "--interval", "1"],
     ));
-    kill_repeatedly(&args, 20, &mut rng, &sim);
+    kill_repeatedly(&args, 20, RUN_KILLS_MS, &mut rng, &[&sim]);
     // `run --once` does not hold lines for a sink that fails: a longer retry budget lets
     // it outlast the receiver's faults.
     let patient = receiver.url("max_events=7&max_wait_ms=50&retry_secs=60&timeout_secs=2");
@@ -305,41 +422,162 @@ fn webhook_kill_test(state: Option<String>) {
     )));
 
     let posts = receiver.posts();
-    // A batch sent again is the same batch: one body per idempotency key.
-    let mut bodies: BTreeMap<&str, &[u8]> = BTreeMap::new();
-    for p in &posts {
-        if let Some(before) = bodies.insert(&p.key, &p.body) {
-            assert_eq!(before, &p.body[..], "key {} sent with another body", p.key);
-        }
-    }
     assert!(
         posts.iter().any(|p| !p.acknowledged),
         "the receiver lost some answers (the test exercises repeats)"
     );
-    let lines: Vec<(bool, String)> = posts
-        .iter()
-        .flat_map(|p| {
-            let batch: Vec<Value> = serde_json::from_slice(&p.body).unwrap();
-            let (first, last) = (
-                batch[0]["seq"].as_u64().unwrap(),
-                batch.last().unwrap()["seq"].as_u64().unwrap(),
-            );
-            assert_eq!(
-                p.key,
-                format!("tenant:{first}-{last}"),
-                "key names the seq range"
-            );
-            assert!(batch.len() <= 7, "max_events holds");
-            batch
-                .into_iter()
-                .map(|v| (p.acknowledged, v.to_string()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let lines = check_lines(&lines);
-    check_against_tenant(&lines, &sim);
+    let by_instance = webhook_lines(&posts, 7);
+    assert_eq!(by_instance.keys().collect::<Vec<_>>(), ["tenant"]);
+    check_against_tenant(&check_lines(&by_instance["tenant"]), &sim);
     let rows = status_json(state.as_deref().unwrap_or(&tenant.path("state.db")));
     assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
+}
+
+/// A sink's lines by instance, each with whether the peer acknowledged it.
+type ByInstance = BTreeMap<String, Vec<(bool, String)>>;
+
+/// The lines of the receiver's JSON-array posts by instance, each with whether its post
+/// was acknowledged; checked on the way: a batch sent again is the same batch (one body
+/// per idempotency key), the key is `<instance>:<first seq>-<last seq>` of its body, and
+/// no batch holds more than `max_events`.
+fn webhook_lines(posts: &[Post], max_events: usize) -> ByInstance {
+    let mut bodies: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    let mut lines = ByInstance::new();
+    for p in posts {
+        if let Some(before) = bodies.insert(&p.key, &p.body) {
+            assert_eq!(before, &p.body[..], "key {} sent with another body", p.key);
+        }
+        let batch: Vec<Value> = serde_json::from_slice(&p.body).unwrap();
+        assert!(batch.len() <= max_events, "max_events holds");
+        let instance = batch[0]["instance"].as_str().unwrap();
+        let (first, last) = (
+            batch[0]["seq"].as_u64().unwrap(),
+            batch.last().unwrap()["seq"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            p.key,
+            format!("{instance}:{first}-{last}"),
+            "key names the instance and the seq range"
+        );
+        let of = lines.entry(instance.to_string()).or_default();
+        for v in &batch {
+            assert_eq!(
+                v["instance"], instance,
+                "a batch holds one instance's lines"
+            );
+            of.push((p.acknowledged, v.to_string()));
+        }
+    }
+    lines
+}
+
+/// Whether the acknowledged ones of `lines` hold every current version of `sim`'s alerts
+/// (the condition to stop waiting; [`check_against_tenant`] then says what is wrong).
+fn holds_every_current_version(lines: Option<&Vec<(bool, String)>>, sim: &GraphSim) -> bool {
+    let arrived: BTreeSet<(String, String)> = lines
+        .into_iter()
+        .flatten()
+        .filter(|(acked, _)| *acked)
+        .map(|(_, l)| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    sim.latest().is_subset(&arrived)
+}
+
+/// Tenants of the `serve` kill tests: one simulator each, every one serving its own alerts.
+const SERVED: [&str; 3] = ["contoso", "fabrikam", "tailspin"];
+
+/// The `serve` kill test of one sink: an instances directory of the [`SERVED`] tenants,
+/// one per simulator of `sims` (`file_sink`: each file's own `sink`; otherwise
+/// `serve_flags` name it), `serve` killed with SIGKILL 20 times at random moments while
+/// the tenants change, then served until every tenant's current versions arrived and
+/// stopped with SIGTERM. `read` reads the sink's lines by instance. Checks every
+/// instance's lines ([`check_lines`], [`check_against_tenant`]) and returns the lines read
+/// while the host was being killed, and at the end.
+fn serve_kill_test(
+    seed_name: &str,
+    sims: &[GraphSim],
+    file_sink: Option<&str>,
+    serve_flags: &[&str],
+    read: impl Fn() -> ByInstance,
+) -> (ByInstance, ByInstance) {
+    let mut rng = Rng::seeded("SINKS_SEED", seed_name);
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances");
+    for (name, sim) in SERVED.iter().zip(sims) {
+        write_instance(&instances, name, sim, file_sink);
+    }
+    let state = dir.path().join("state.db").display().to_string();
+    let args = serve_args(
+        &instances,
+        &state,
+        &[&["--log-level", "warn"], serve_flags].concat(),
+    );
+    let tenants: Vec<&GraphSim> = sims.iter().collect();
+    kill_repeatedly(&args, 20, SERVE_KILLS_MS, &mut rng, &tenants);
+    let during = read();
+    assert!(
+        !during.is_empty(),
+        "nothing reached the sink while serve was being killed: the kills missed delivery"
+    );
+    serve_to_end(&args, &state, SERVED.len(), || {
+        let lines = read();
+        SERVED
+            .iter()
+            .zip(sims)
+            .all(|(name, sim)| holds_every_current_version(lines.get(*name), sim))
+    });
+    let end = read();
+    assert_eq!(end.keys().collect::<Vec<_>>(), SERVED);
+    for (name, sim) in SERVED.iter().zip(sims) {
+        check_against_tenant(&check_lines(&end[*name]), sim);
+    }
+    (during, end)
+}
+
+/// Lines (repeats included) and distinct `seq`s of every instance.
+fn counts(lines: &ByInstance) -> (usize, usize) {
+    let all = lines.values().map(Vec::len).sum();
+    let distinct = lines
+        .values()
+        .map(|l| {
+            l.iter()
+                .map(|(_, line)| serde_json::from_str::<Value>(line).unwrap()["seq"].clone())
+                .map(|s| s.as_u64().unwrap())
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    (all, distinct)
+}
+
+#[test]
+fn serve_webhook_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
+    // Pages hold a tenant's last 15 minutes (what each poll reads again for late records,
+    // the changes of the kills included) in one request: see `serve_kafka_kill_9_…`.
+    let sims: Vec<GraphSim> = SERVED.iter().map(|_| sim_with(120, 30)).collect();
+    let receiver = Receiver::start(0, Answers::Faulty);
+    // Each instance file names the sink itself (the `sink` key).
+    let sink = receiver.url("max_events=7&max_wait_ms=50&retry_secs=3&timeout_secs=2");
+    let (during, end) = serve_kill_test("serve webhook kills", &sims, Some(&sink), &[], || {
+        webhook_lines(&receiver.posts(), 7)
+    });
+    let posts = receiver.posts();
+    assert!(
+        posts.iter().any(|p| !p.acknowledged),
+        "the receiver lost some answers (the test exercises repeats)"
+    );
+    eprintln!(
+        "serve webhook: {} posts; (lines, seqs) {:?} during the kills, {:?} in all",
+        posts.len(),
+        counts(&during),
+        counts(&end)
+    );
 }
 
 #[test]
@@ -353,21 +591,13 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
         .port();
     let dir = tempfile::tempdir().unwrap();
     let instances = dir.path().join("instances");
-    std::fs::create_dir_all(instances.join("secrets")).unwrap();
-    write_json(
-        &instances.join("secrets/t.json"),
-        &json!({"client-secret": SECRET, "sink-hmac-secret": HMAC_SECRET,
-                "sink-bearer-token": BEARER}),
-    );
-    write_json(
-        &instances.join("down.json"),
-        &json!({
-            "component": support::alerts_wasm(),
-            "config": sim.config(1),
-            "secrets": "secrets/t.json",
-            "interval_secs": 1,
-            "sink": format!("http://127.0.0.1:{port}/ingest#format=ndjson&retry_secs=1"),
-        }),
+    write_instance(
+        &instances,
+        "down",
+        &sim,
+        Some(&format!(
+            "http://127.0.0.1:{port}/ingest#format=ndjson&retry_secs=1"
+        )),
     );
     let state = dir.path().join("state.db").display().to_string();
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -376,22 +606,22 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
         .unwrap()
         .port();
     let log = dir.path().join("serve.log");
-    let serve = Running(
-        host(&[
-            "serve",
-            "--instances",
-            &instances.display().to_string(),
-            "--state",
-            &state,
+    let args = serve_args(
+        &instances,
+        &state,
+        &[
             "--sink-max-lag",
             "20",
             "--metrics",
             &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap(),
+        ],
+    );
+    let serve = Running(
+        host(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
     );
     let wait_for = |what: &str, timeout: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
         let start = Instant::now();
@@ -449,7 +679,7 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
     );
 
     // Up again: everything arrives, in order, and the backfill resumes.
-    let receiver = Receiver::start(port, false);
+    let receiver = Receiver::start(port, Answers::Ok);
     wait_for(
         "every event to be delivered",
         Duration::from_secs(60),
@@ -478,6 +708,111 @@ fn a_webhook_that_is_down_holds_delivery_pauses_polls_and_loses_nothing() {
     check_against_tenant(&check_lines(&lines), &sim);
 }
 
+/// A loopback endpoint that takes connections and never answers.
+struct Hanging {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Hanging {
+    fn start() -> Hanging {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        // Ends with the test process; the connections stay open, unanswered, till then.
+        std::thread::spawn(move || {
+            let mut held = vec![];
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        Hanging { port, accepted }
+    }
+}
+
+/// SIGTERM, then the exit status and how long the process took to exit; fails (killing
+/// it) past `limit`.
+fn stop_within(mut process: Running, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+    loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still running {limit:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_is_not_delayed_by_a_webhook_that_keeps_failing_or_hangs() {
+    let sim = sim_with_alerts();
+    let failing = Receiver::start(0, Answers::Always(503));
+    let hanging = Hanging::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances");
+    // Retries and requests that could go on for an hour.
+    let patient = "retry_secs=3600&timeout_secs=3600";
+    write_instance(&instances, "failing", &sim, Some(&failing.url(patient)));
+    let hangs = format!("http://127.0.0.1:{}/ingest#{patient}", hanging.port);
+    write_instance(&instances, "hanging", &sim, Some(&hangs));
+    let state = dir.path().join("state.db").display().to_string();
+    let log = dir.path().join("serve.log");
+    let serve = Running(
+        host(
+            &serve_args(&instances, &state, &[])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let start = Instant::now();
+    // Both deliveries under way: the failing one sent again at least once, the hanging
+    // one's request taken, events committed for both.
+    while failing.requests() < 2
+        || hanging.accepted.load(std::sync::atomic::Ordering::Relaxed) == 0
+        || status_if_any(&state)
+            .iter()
+            .filter(|r| r["undelivered"].as_u64() > Some(0))
+            .count()
+            < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the deliveries did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, took) = stop_within(serve, Duration::from_secs(10));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    eprintln!("serve exited {took:?} after SIGTERM");
+    assert!(status.success(), "{status}\n{logged}");
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?}\n{logged}"
+    );
+    // Nothing marked delivered: every committed event still waits for the next run.
+    for row in status_json(&state) {
+        assert!(row["undelivered"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["undelivered"], row["events"], "{row}");
+    }
+    assert!(
+        logged.contains("stopping, so not sent again now"),
+        "{logged}"
+    );
+}
+
 fn metrics(port: u16) -> String {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
@@ -491,7 +826,7 @@ fn metrics(port: u16) -> String {
 #[test]
 fn a_webhook_refusing_the_credentials_stops_with_the_cause_and_marks_nothing_delivered() {
     let sim = sim_with_alerts();
-    let receiver = Receiver::start(0, false);
+    let receiver = Receiver::start(0, Answers::Ok);
     let tenant = tenant_with_sink_secrets(&sim, "a-wrong-token");
     let args = run_args(&tenant, &receiver.url(""), true, &[]);
     let out = host(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -573,27 +908,68 @@ fn kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
         false,
         &["--log-level", "warn", "--interval", "1"],
     );
-    kill_repeatedly(&args, 20, &mut rng, &sim);
+    kill_repeatedly(&args, 20, RUN_KILLS_MS, &mut rng, &[&sim]);
     run_to_end(&run_args(&tenant, &sink, true, &["--log-level", "warn"]));
 
     let records = consume(&bootstrap, "secops.defender.alert");
-    let mut lines = vec![];
-    for (key, value, seq, instance) in &records {
-        let v: Value = serde_json::from_str(value).unwrap();
-        assert_eq!(seq, &v["seq"].to_string(), "seq header is the line's seq");
-        assert_eq!(instance, "tenant");
-        assert_eq!(
-            key,
-            &format!("tenant/defender.alert/{}", v["id"].as_str().unwrap()),
-            "key is the record's identity"
-        );
-        lines.push((true, value.clone()));
-    }
-    let lines = check_lines(&lines);
+    let by_instance = kafka_lines(&records);
+    assert_eq!(by_instance.keys().collect::<Vec<_>>(), ["tenant"]);
+    let lines = check_lines(&by_instance["tenant"]);
     check_against_tenant(&lines, &sim);
     eprintln!("kafka: {} records for {} lines", records.len(), lines.len());
     let rows = status_json(&tenant.path("state.db"));
     assert_eq!(rows[0]["undelivered"], 0, "{rows:?}");
+}
+
+/// The values of `records` by their `instance` header (each acknowledged: the broker
+/// holds it), checked on the way: the `seq` header is the line's `seq`, the `instance`
+/// header its instance and the key `<instance>/<kind>/<id>`, the record's identity.
+fn kafka_lines(records: &[(String, String, String, String)]) -> ByInstance {
+    let mut lines = ByInstance::new();
+    for (key, value, seq, instance) in records {
+        let v: Value = serde_json::from_str(value).unwrap();
+        assert_eq!(seq, &v["seq"].to_string(), "seq header is the line's seq");
+        assert_eq!(instance, v["instance"].as_str().unwrap(), "instance header");
+        assert_eq!(
+            key,
+            &format!(
+                "{instance}/{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            ),
+            "key is the record's identity"
+        );
+        lines
+            .entry(instance.clone())
+            .or_default()
+            .push((true, value.clone()));
+    }
+    lines
+}
+
+#[test]
+fn serve_kafka_kill_9_at_random_moments_loses_nothing_and_repeats_are_recognisable() {
+    let cluster = MockCluster::new(3).unwrap();
+    let topic = "secops.defender.alert";
+    cluster.create_topic(topic, 3, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    // Enough alerts that the first kills fall in each tenant's backfill, in pages that
+    // hold a tenant's last 15 minutes (each poll reads them again for late records, the
+    // kills' changes included) in one request. When that window takes more than one
+    // page, `serve` reads it again at every poll of a turn, spends the alerts call budget
+    // (150 a minute) within seconds and then waits up to a minute for it.
+    let sims: Vec<GraphSim> = SERVED.iter().map(|_| sim_with(600, 40)).collect();
+    // The instance files name no sink: `serve --sink` is every instance's.
+    let sink = format!("kafka://{bootstrap}?topic=secops.{{kind}}");
+    let (during, end) =
+        serve_kill_test("serve kafka kills", &sims, None, &["--sink", &sink], || {
+            kafka_lines(&consume(&bootstrap, topic))
+        });
+    eprintln!(
+        "serve kafka: (records, seqs) {:?} during the kills, {:?} in all",
+        counts(&during),
+        counts(&end)
+    );
 }
 
 #[test]

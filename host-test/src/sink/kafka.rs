@@ -32,6 +32,7 @@
 //! `sink-sasl-password` (`sasl.password`) and `sink-ssl-key-password` (`ssl.key.password`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -84,16 +85,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub struct KafkaSink {
+/// A Kafka sink's settings as its URL and secrets give them, checked, before any
+/// producer is made (`serve --check` stops here; [`KafkaSettings::connect`] goes on).
+pub struct KafkaSettings {
     /// `kafka://<brokers>?topic=…` without secrets, for logs.
     shown: String,
     topic: String,
     config: ClientConfig,
     /// The digest of `config`: its key in [`PRODUCERS`].
     key: [u8; 32],
-    producer: Arc<Shared>,
     /// How long to wait for one send's delivery reports.
     report_wait: Duration,
+}
+
+pub struct KafkaSink {
+    settings: KafkaSettings,
+    producer: Arc<Shared>,
 }
 
 /// The delivery reports of one send, by the line's index: each record carries its send's
@@ -157,8 +164,9 @@ impl ProducerContext for Reports {
 }
 
 impl KafkaSink {
-    /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`.
-    pub fn connect(rest: &str, secrets: &Secrets) -> Result<Self, SinkError> {
+    /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`. Checks it;
+    /// nothing connects until [`KafkaSettings::connect`].
+    pub fn parse(rest: &str, secrets: &Secrets) -> Result<KafkaSettings, SinkError> {
         let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
         let brokers = brokers.trim_end_matches('/').to_string();
         let shown = if query.is_empty() {
@@ -248,36 +256,36 @@ impl KafkaSink {
             }
             digest.finalize().into()
         };
-        // A setting librdkafka refuses is a config error now, not a delivery failure later.
-        let producer = shared(&config, key, &shown)?;
-        Ok(KafkaSink {
+        Ok(KafkaSettings {
             shown,
             topic,
             config,
             key,
-            producer,
             report_wait: Duration::from_millis(timeout_ms) + Duration::from_secs(5),
         })
     }
 
     pub fn describe(&self) -> String {
-        format!("kafka {}", self.shown)
+        self.settings.describe()
     }
 
     /// Produces up to [`LINES_PER_SEND`] lines and waits for their delivery reports;
     /// returns how many lines from the start the brokers acknowledged.
-    pub fn send(&mut self, lines: &[(u64, String)]) -> Result<usize, SinkError> {
+    /// `stop` raised: the wait ends at once, the lines not yet acknowledged count as not
+    /// delivered (they are sent again later, and repeats are recognisable).
+    pub fn send(&mut self, lines: &[(u64, String)], stop: &AtomicBool) -> Result<usize, SinkError> {
+        let s = &self.settings;
         if self.producer.client().fatal_error().is_some() {
             // Another instance's send met the fatal error first; use its replacement.
-            self.producer = shared(&self.config, self.key, &self.shown)?;
+            self.producer = shared(&s.config, s.key, &s.shown)?;
         }
         let lines = &lines[..lines.len().min(LINES_PER_SEND)];
         let started = Instant::now();
-        let deadline = started + self.report_wait;
+        let deadline = started + s.report_wait;
         let pending = Pending::new(lines.len());
         for (i, (seq, line)) in lines.iter().enumerate() {
             let record = Record::of(*seq, line);
-            let topic = self.topic.replace("{kind}", &record.kind);
+            let topic = s.topic.replace("{kind}", &record.kind);
             let seq = record.seq.to_string();
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
@@ -315,21 +323,22 @@ impl KafkaSink {
                 // Refused before it was sent (e.g. the topic's ACL, known from metadata):
                 // its report is this error, and the lines after it are not sent, so that
                 // what is acknowledged stays a prefix. Those before it are in flight.
-                tracing::debug!(sink = self.shown, "kafka producer refused a record: {e}");
+                tracing::debug!(sink = s.shown, "kafka producer refused a record: {e}");
                 pending.report(i, Err(e));
                 break;
             }
         }
         let results = {
             let mut r = lock(&pending.reports);
-            while r.outstanding > 0 {
+            // In slices, so that a stop (SIGTERM) need not wait out `message.timeout.ms`.
+            while r.outstanding > 0 && !stop.load(Ordering::Relaxed) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
                 r = pending
                     .done
-                    .wait_timeout(r, left)
+                    .wait_timeout(r, left.min(Duration::from_millis(100)))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
@@ -348,15 +357,15 @@ impl KafkaSink {
             // An idempotent producer that met a fatal error takes no more records: the
             // next send (of any instance) makes a new one.
             tracing::warn!(
-                sink = self.shown,
+                sink = s.shown,
                 "kafka producer failed ({code:?}: {reason}); a new one takes over"
             );
             let mut producers = lock(&PRODUCERS);
             if producers
-                .get(&self.key)
+                .get(&s.key)
                 .is_some_and(|w| w.as_ptr() == Arc::as_ptr(&self.producer))
             {
-                producers.remove(&self.key);
+                producers.remove(&s.key);
             }
         }
         if ok > 0 {
@@ -367,6 +376,23 @@ impl KafkaSink {
             .filter(|(at, _, _)| *at >= started)
             .map(|(_, e, reason)| (e.clone(), reason.clone()));
         Err(classify(self.describe(), results[0].clone(), client_error))
+    }
+}
+
+impl KafkaSettings {
+    pub fn describe(&self) -> String {
+        format!("kafka {}", self.shown)
+    }
+
+    /// The sink, with the process's producer for these settings (made now if there is
+    /// none): a setting librdkafka refuses is a config error now, not a delivery failure
+    /// later.
+    pub fn connect(self) -> Result<KafkaSink, SinkError> {
+        let producer = shared(&self.config, self.key, &self.shown)?;
+        Ok(KafkaSink {
+            settings: self,
+            producer,
+        })
     }
 }
 
@@ -508,7 +534,7 @@ mod tests {
     fn passwords_in_the_url_and_unknown_options_are_refused() {
         let secrets = Secrets::default();
         let err = |u: &str| {
-            KafkaSink::connect(u.strip_prefix("kafka://").unwrap(), &secrets)
+            KafkaSink::parse(u.strip_prefix("kafka://").unwrap(), &secrets)
                 .err()
                 .unwrap()
                 .to_string()

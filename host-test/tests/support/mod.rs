@@ -272,10 +272,10 @@ pub fn with_state(mut args: Vec<String>, state: Option<&str>) -> Vec<String> {
 pub struct Running(pub std::process::Child);
 
 impl Running {
-    /// SIGTERM, then waits for the process to end.
-    pub fn stop(mut self) {
+    /// SIGTERM, then waits for the process to end; its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        self.0.wait().expect("wait for the host process")
     }
 }
 
