@@ -62,12 +62,7 @@ fn crash_test(state: Option<String>) {
         child.wait().unwrap();
         // The tenant changes between crashes: alerts are updated and new ones arrive.
         if k % 4 == 3 {
-            let ids = sim.ids();
-            let picked: Vec<String> = (0..3)
-                .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
-                .collect();
-            sim.update_alerts(&picked);
-            sim.add_alerts(&format!("k{k}"), 2, Duration::from_secs(30));
+            support::change_alerts(&sim, &mut rng, &format!("k{k}"));
         }
     }
 

@@ -288,12 +288,7 @@ fn kill_repeatedly(
         drop(child); // SIGKILL (std's kill), then wait
         if k % 4 == 3 {
             for sim in sims {
-                let ids = sim.ids();
-                let picked: Vec<String> = (0..3)
-                    .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
-                    .collect();
-                sim.update_alerts(&picked);
-                sim.add_alerts(&format!("k{k}"), 2, Duration::from_secs(30));
+                support::change_alerts(sim, rng, &format!("k{k}"));
             }
         }
     }

@@ -229,6 +229,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The tenant changes between kills: three of its alerts (picked by `rng`) are updated
+/// and two new ones, named after `tag`, arrive.
+pub fn change_alerts(sim: &graph_sim::GraphSim, rng: &mut Rng, tag: &str) {
+    let ids = sim.ids();
+    let picked: Vec<String> = (0..3)
+        .map(|_| ids[rng.below(ids.len() as u64) as usize].clone())
+        .collect();
+    sim.update_alerts(&picked);
+    sim.add_alerts(tag, 2, std::time::Duration::from_secs(30));
+}
+
 /// A small xorshift generator for kill schedules: seeded from `var` when it is set (to
 /// replay a failure), else from the clock; the seed is printed either way.
 pub struct Rng(u64);
