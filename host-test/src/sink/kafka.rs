@@ -245,6 +245,11 @@ impl KafkaSink {
         if let Some(p) = secrets.get(SSL_KEY_PASSWORD) {
             config.set("ssl.key.password", p);
         }
+        // Each setting as librdkafka reads it, without connecting: a value it refuses
+        // (`compression.type=bogus`) is named by `serve --check`, not at the start.
+        config
+            .create_native_config()
+            .map_err(|e| config_error(refused(&e)))?;
         let timeout_ms: u64 = config
             .get("message.timeout.ms")
             .and_then(|v| v.parse().ok())
@@ -396,6 +401,22 @@ impl KafkaSettings {
     }
 }
 
+/// What librdkafka refused in the settings, without a password's value (its error
+/// quotes the value it refused).
+fn refused(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, why, key, value) => {
+            let value = if key.contains("password") {
+                "***"
+            } else {
+                value
+            };
+            format!("librdkafka refuses {key}={value}: {why}")
+        }
+        e => format!("librdkafka refuses the settings: {e}"),
+    }
+}
+
 /// The process's producer for `config` (digest `key`), made if there is none or the one
 /// there failed fatally.
 fn shared(config: &ClientConfig, key: [u8; 32], shown: &str) -> Result<Arc<Shared>, SinkError> {
@@ -409,7 +430,7 @@ fn shared(config: &ClientConfig, key: [u8; 32], shown: &str) -> Result<Arc<Share
         .create_with_context(Reports::default())
         .map_err(|e| SinkError::Config {
             sink: shown.to_string(),
-            message: format!("librdkafka refuses the settings: {e}"),
+            message: refused(&e),
         })?;
     let producer = Arc::new(producer);
     producers.retain(|_, w| w.strong_count() > 0);
@@ -544,5 +565,10 @@ mod tests {
         assert!(err("kafka://127.0.0.1:9092?topic=a%20b").contains("a topic name"));
         assert!(err("kafka://user:pw@127.0.0.1:9092").contains("give the brokers"));
         assert!(err("kafka://127.0.0.1").contains("give the brokers"));
+        let bogus = err("kafka://127.0.0.1:9092?compression.type=bogus");
+        assert!(
+            bogus.contains("librdkafka refuses compression.type=bogus"),
+            "{bogus}"
+        );
     }
 }
