@@ -163,7 +163,7 @@ impl ProducerContext for Reports {
     }
 }
 
-impl KafkaSink {
+impl KafkaSettings {
     /// `rest`: the sink's URL after `kafka://`, `<brokers>[?<options>]`. Checks it;
     /// nothing connects until [`KafkaSettings::connect`].
     pub fn parse(rest: &str, secrets: &Secrets) -> Result<KafkaSettings, SinkError> {
@@ -271,6 +271,23 @@ impl KafkaSink {
     }
 
     pub fn describe(&self) -> String {
+        format!("kafka {}", self.shown)
+    }
+
+    /// The sink, with the process's producer for these settings (made now if there is
+    /// none): a setting librdkafka refuses is a config error now, not a delivery failure
+    /// later.
+    pub fn connect(self) -> Result<KafkaSink, SinkError> {
+        let producer = shared(&self)?;
+        Ok(KafkaSink {
+            settings: self,
+            producer,
+        })
+    }
+}
+
+impl KafkaSink {
+    pub fn describe(&self) -> String {
         self.settings.describe()
     }
 
@@ -281,8 +298,9 @@ impl KafkaSink {
     pub fn send(&mut self, lines: &[(u64, String)], stop: &AtomicBool) -> Result<usize, SinkError> {
         let s = &self.settings;
         if self.producer.client().fatal_error().is_some() {
-            // Another instance's send met the fatal error first; use its replacement.
-            self.producer = shared(&s.config, s.key, &s.shown)?;
+            // The producer failed fatally (in this send or another instance's): the
+            // process's replacement takes over.
+            self.producer = shared(s)?;
         }
         let lines = &lines[..lines.len().min(LINES_PER_SEND)];
         let started = Instant::now();
@@ -359,19 +377,11 @@ impl KafkaSink {
         // Lines still in flight may yet arrive: the runner sends the lines after `ok` again
         // and consumers drop the repeats by (`instance`, `seq`).
         if let Some((code, reason)) = self.producer.client().fatal_error() {
-            // An idempotent producer that met a fatal error takes no more records: the
-            // next send (of any instance) makes a new one.
+            // The next send (of any instance) makes a new one ([`shared`]).
             tracing::warn!(
                 sink = s.shown,
                 "kafka producer failed ({code:?}: {reason}); a new one takes over"
             );
-            let mut producers = lock(&PRODUCERS);
-            if producers
-                .get(&s.key)
-                .is_some_and(|w| w.as_ptr() == Arc::as_ptr(&self.producer))
-            {
-                producers.remove(&s.key);
-            }
         }
         if ok > 0 {
             return Ok(ok);
@@ -384,29 +394,12 @@ impl KafkaSink {
     }
 }
 
-impl KafkaSettings {
-    pub fn describe(&self) -> String {
-        format!("kafka {}", self.shown)
-    }
-
-    /// The sink, with the process's producer for these settings (made now if there is
-    /// none): a setting librdkafka refuses is a config error now, not a delivery failure
-    /// later.
-    pub fn connect(self) -> Result<KafkaSink, SinkError> {
-        let producer = shared(&self.config, self.key, &self.shown)?;
-        Ok(KafkaSink {
-            settings: self,
-            producer,
-        })
-    }
-}
-
 /// What librdkafka refused in the settings, without a password's value (its error
 /// quotes the value it refused).
 fn refused(e: &KafkaError) -> String {
     match e {
         KafkaError::ClientConfig(_, why, key, value) => {
-            let value = if key.contains("password") {
+            let value = if super::names_secret(key) {
                 "***"
             } else {
                 value
@@ -417,24 +410,25 @@ fn refused(e: &KafkaError) -> String {
     }
 }
 
-/// The process's producer for `config` (digest `key`), made if there is none or the one
-/// there failed fatally.
-fn shared(config: &ClientConfig, key: [u8; 32], shown: &str) -> Result<Arc<Shared>, SinkError> {
+/// The process's producer for `settings`, made if there is none or the one there failed
+/// fatally (an idempotent producer that lost its sequence takes no more records).
+fn shared(settings: &KafkaSettings) -> Result<Arc<Shared>, SinkError> {
     let mut producers = lock(&PRODUCERS);
-    if let Some(p) = producers.get(&key).and_then(Weak::upgrade)
+    if let Some(p) = producers.get(&settings.key).and_then(Weak::upgrade)
         && p.client().fatal_error().is_none()
     {
         return Ok(p);
     }
-    let producer: Shared = config
+    let producer: Shared = settings
+        .config
         .create_with_context(Reports::default())
         .map_err(|e| SinkError::Config {
-            sink: shown.to_string(),
+            sink: settings.shown.clone(),
             message: refused(&e),
         })?;
     let producer = Arc::new(producer);
     producers.retain(|_, w| w.strong_count() > 0);
-    producers.insert(key, Arc::downgrade(&producer));
+    producers.insert(settings.key, Arc::downgrade(&producer));
     Ok(producer)
 }
 
@@ -555,7 +549,7 @@ mod tests {
     fn passwords_in_the_url_and_unknown_options_are_refused() {
         let secrets = Secrets::default();
         let err = |u: &str| {
-            KafkaSink::parse(u.strip_prefix("kafka://").unwrap(), &secrets)
+            KafkaSettings::parse(u.strip_prefix("kafka://").unwrap(), &secrets)
                 .err()
                 .unwrap()
                 .to_string()

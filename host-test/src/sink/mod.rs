@@ -123,7 +123,7 @@ impl SinkConfig {
         };
         // A broker list (`a:9092,b:9092`) is no URL host: the Kafka sink reads it itself.
         if let Some(rest) = url.strip_prefix("kafka://") {
-            return kafka::KafkaSink::parse(rest, secrets).map(SinkConfig::Kafka);
+            return kafka::KafkaSettings::parse(rest, secrets).map(SinkConfig::Kafka);
         }
         let parsed = url::Url::parse(url).map_err(|e| {
             config(format!(
@@ -198,17 +198,20 @@ pub fn shown(url: &str) -> String {
     out
 }
 
+/// Whether an option or setting of that name holds a secret (its value is never shown).
+fn names_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
 /// One `key=value` option, its value masked if its name (decoded, as the sinks read it)
 /// names a secret.
 fn masked(pair: &str) -> String {
     let secret = url::form_urlencoded::parse(pair.as_bytes())
         .next()
-        .is_some_and(|(key, _)| {
-            let key = key.to_ascii_lowercase();
-            ["password", "secret", "token"]
-                .iter()
-                .any(|w| key.contains(w))
-        });
+        .is_some_and(|(key, _)| names_secret(&key));
     match pair.split_once('=') {
         Some((key, _)) if secret => format!("{key}=***"),
         _ => pair.to_string(),
