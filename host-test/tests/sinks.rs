@@ -300,15 +300,15 @@ const RUN_KILLS_MS: (u64, u64) = (100, 500);
 /// second (`interval_secs` 1), so it is given longer to reach delivery.
 const SERVE_KILLS_MS: (u64, u64) = (300, 1500);
 
-/// Serves `args` until every one of `instances` instances has nothing undelivered and
-/// `delivered` says the sink holds every tenant's current versions, then stops it with
-/// SIGTERM: it must exit 0.
-fn serve_to_end(
+/// Starts `serve` with `args` and waits until every one of `instances` instances has
+/// nothing undelivered and `delivered` (given `status --json`) holds; returns the process
+/// and its log.
+fn serve_until(
     args: &[String],
     state: &str,
     instances: usize,
-    mut delivered: impl FnMut() -> bool,
-) {
+    mut delivered: impl FnMut(&[Value]) -> bool,
+) -> (Running, tempfile::NamedTempFile) {
     let log = tempfile::NamedTempFile::new().unwrap();
     let serve = Running(
         host(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -321,16 +321,26 @@ fn serve_to_end(
     loop {
         let rows = status_if_any(state);
         let empty = rows.len() == instances && rows.iter().all(|r| r["undelivered"] == 0);
-        if empty && delivered() {
-            break;
+        if empty && delivered(&rows) {
+            return (serve, log);
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "serve did not deliver everything after the kills: {rows:?}\n{}",
+            "serve did not deliver everything: {rows:?}\n{}",
             std::fs::read_to_string(log.path()).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// [`serve_until`], then SIGTERM: `serve` must exit 0.
+fn serve_to_end(
+    args: &[String],
+    state: &str,
+    instances: usize,
+    delivered: impl FnMut(&[Value]) -> bool,
+) {
+    let (serve, log) = serve_until(args, state, instances, delivered);
     let status = serve.stop();
     assert!(
         status.success(),
@@ -520,7 +530,7 @@ fn serve_kill_test(
         !during.is_empty(),
         "nothing reached the sink while serve was being killed: the kills missed delivery"
     );
-    serve_to_end(&args, &state, SERVED.len(), || {
+    serve_to_end(&args, &state, SERVED.len(), |_| {
         let lines = read();
         SERVED
             .iter()
@@ -1075,60 +1085,20 @@ fn serve_instances_on_one_kafka_cluster_share_one_producer() {
     let sim = sim_with_alerts();
     let dir = tempfile::tempdir().unwrap();
     let instances = dir.path().join("instances");
-    std::fs::create_dir(&instances).unwrap();
-    write_json(
-        &instances.join("secrets.json.txt"),
-        &json!({"client-secret": SECRET}),
-    );
+    let sink = format!("kafka://{bootstrap}?message.timeout.ms=5000");
     for i in 0..INSTANCES {
-        write_json(
-            &instances.join(format!("t{i:02}.json")),
-            &json!({
-                "component": support::alerts_wasm(),
-                "config": sim.config(1),
-                "secrets": "secrets.json.txt",
-                "sink": format!("kafka://{bootstrap}?message.timeout.ms=5000"),
-                "interval_secs": 3600,
-            }),
-        );
+        write_instance(&instances, &format!("t{i:02}"), &sim, Some(&sink));
     }
     let state = dir.path().join("state.db").display().to_string();
-    let log = dir.path().join("serve.log");
-    let serve = Running(
-        host(&[
-            "serve",
-            "--instances",
-            &instances.display().to_string(),
-            "--state",
-            &state,
-            "--workers",
-            "4",
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap(),
+    let args = serve_args(
+        &instances,
+        &state,
+        &["--workers", "4", "--log-level", "warn"],
     );
     let alerts = sim.latest().len() as u64;
-    let start = Instant::now();
-    loop {
-        let rows = status_if_any(&state);
-        let delivered = rows
-            .iter()
-            .filter(|r| r["events"].as_u64() >= Some(alerts) && r["undelivered"] == 0)
-            .count();
-        if delivered == INSTANCES {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not every instance delivered: {rows:?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (serve, _log) = serve_until(&args, &state, INSTANCES, |rows| {
+        rows.iter().all(|r| r["events"].as_u64() >= Some(alerts))
+    });
     let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.0.id())).unwrap();
     let librdkafka = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
