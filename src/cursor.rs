@@ -56,9 +56,9 @@ pub struct Stream {
     /// other data types do not open one at every page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened: Option<String>,
-    /// The next window (or the one being read, carried from part to part like `end`) is
-    /// the catch-up that follows a window another component instance opened (see
-    /// `runtime`'s poll): when it ends, no other follows at once.
+    /// The next window (or the one being read) is the catch-up that follows a window
+    /// another component instance opened (see `runtime`'s poll): when it ends, no other
+    /// follows at once.
     #[serde(default, skip_serializing_if = "is_false")]
     pub catch_up: bool,
 }

@@ -206,7 +206,7 @@ impl Instance {
                 continue;
             }
             let before = h.clone();
-            // Taken before the read: a window that ends leaves the next window's stream.
+            // Taken before the read: a window that ends leaves a stream made afresh.
             let catch_up_window = stream.catch_up;
             match self.read_window(p, q, stream, h, origin) {
                 Ok(mut read) => {
@@ -222,10 +222,13 @@ impl Instance {
                     // spans polls of `serve`'s instance-per-poll, would otherwise be
                     // resumed and followed in turn, for good, as long as the overlap read
                     // again holds more than a page.
-                    if stream.is_idle() && resumed && !catch_up_window {
-                        finished_resumed_window = true;
-                        stream.catch_up = true;
-                    }
+                    let follow = stream.is_idle() && resumed && !catch_up_window;
+                    finished_resumed_window |= follow;
+                    stream.catch_up = if stream.is_idle() {
+                        follow
+                    } else {
+                        catch_up_window
+                    };
                 }
                 Err(Failure::Budget(ms)) => {
                     waits.push(ms);

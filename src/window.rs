@@ -400,7 +400,6 @@ fn advance(
             end: s.end,
             step,
             opened: s.opened,
-            catch_up: s.catch_up,
             ..Stream::default()
         };
     }
