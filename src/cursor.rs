@@ -56,19 +56,10 @@ pub struct Stream {
     /// other data types do not open one at every page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened: Option<String>,
-    /// The next window (or the one being read) is the catch-up that follows a window
-    /// another component instance opened (see `runtime`'s poll): when it ends, no other
-    /// follows at once.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub catch_up: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// A version 1 stream: an open-ended window paged newest first.

@@ -206,29 +206,16 @@ impl Instance {
                 continue;
             }
             let before = h.clone();
-            // Taken before the read: a window that ends leaves a stream made afresh.
-            let catch_up_window = stream.catch_up;
             match self.read_window(p, q, stream, h, origin) {
                 Ok(mut read) => {
                     succeeded += 1;
                     h.succeeded();
                     events.append(&mut read);
-                    let resumed = !idle && !self.opened_here.contains(&name);
                     if idle && !self.opened_here.contains(&name) {
                         self.opened_here.push(name);
                     }
-                    // A window that ended and that this instance resumed is followed by
-                    // one more (below), but only once: that catch-up window, when it too
-                    // spans polls of `serve`'s instance-per-poll, would otherwise be
-                    // resumed and followed in turn, for good, as long as the overlap read
-                    // again holds more than a page.
-                    let follow = stream.is_idle() && resumed && !catch_up_window;
-                    finished_resumed_window |= follow;
-                    stream.catch_up = if stream.is_idle() {
-                        follow
-                    } else {
-                        catch_up_window
-                    };
+                    finished_resumed_window |=
+                        !idle && stream.is_idle() && !self.opened_here.contains(&name);
                 }
                 Err(Failure::Budget(ms)) => {
                     waits.push(ms);
@@ -293,7 +280,8 @@ impl Instance {
         // by this instance end the catch-up when read through: `run --once` keeps one
         // instance to its end, so it stops having delivered everything visible when it
         // started. `serve` makes an instance per poll, so there a window that spans polls
-        // is followed by one more at once, and that one by none (`Stream::catch_up`).
+        // is followed by one more at once (a busy tenant is read without the interval's
+        // pause, turn by turn).
         let reading_on = cursor.streams.values().any(|s| !s.is_idle());
         let more = reading_on || finished_resumed_window || !waits.is_empty();
         // When no data type can go on at once, ask the host to wait for the first that can.
