@@ -279,9 +279,9 @@ impl Instance {
         // changed since is in the next window, so one more follows at once. Windows opened
         // by this instance end the catch-up when read through: `run --once` keeps one
         // instance to its end, so it stops having delivered everything visible when it
-        // started. `serve` makes an instance per poll, so there a window that spans polls
-        // is followed by one more at once (a busy tenant is read without the interval's
-        // pause, turn by turn).
+        // started. `serve` keeps an instance for a turn of polls, so there only a window
+        // that spans turns is followed by one more at once (a busy tenant is read without
+        // the interval's pause, turn by turn).
         let reading_on = cursor.streams.values().any(|s| !s.is_idle());
         let more = reading_on || finished_resumed_window || !waits.is_empty();
         // When no data type can go on at once, ask the host to wait for the first that can.

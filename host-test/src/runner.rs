@@ -26,7 +26,6 @@ use crate::redact::Redactor;
 use crate::secrets::Secrets;
 use crate::sink::{EventLine, Sink, SinkError};
 use crate::state::{PollHealth, StateDb, StateError};
-use crate::wit::WitVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -247,14 +246,14 @@ pub struct Runner {
     /// `run --once`: a sink that cannot take events ends the run (exit 1) instead of
     /// holding the lines for later.
     once: bool,
-    /// A component instance kept between polls: for components built for WIT 0.1, which
-    /// keep their access token in their own memory (a fresh instance per poll would ask
-    /// for a token at every poll), and to the end of `run --once`, whose catch-up ends
-    /// with the windows its instance opened (see the guest's `poll`). Otherwise a fresh
-    /// instance per poll, dropped when the poll ends (the token is in the host's token
-    /// cache): an idle instance holds no store or linear memory.
+    /// The component instance, kept from poll to poll until [`Runner::release_instance`]
+    /// (`serve`, at the end of each turn: an idle instance holds no store or linear
+    /// memory) or a trap. Kept because a window the guest opened itself ends its catch-up
+    /// (see the guest's `poll`): with a fresh instance per poll, every window that spans
+    /// polls is resumed and followed by another at once, without end whenever the
+    /// overlap it reads again holds more than a page. (Components built for WIT 0.1 also
+    /// keep their access token in their own memory.)
     instance: Option<Instance>,
-    keep_instance: bool,
     /// Polls made, when recording (fixture replay).
     pub records: Option<Vec<PollRecord>>,
     /// The catch-up display of `run` on a terminal.
@@ -287,7 +286,6 @@ impl Runner {
             sink_held: None,
             once: false,
             instance: None,
-            keep_instance: false,
             records: None,
             progress: None,
         };
@@ -300,11 +298,7 @@ impl Runner {
         runner.version = metadata.version;
         runner.poll_interval_secs = metadata.poll_interval_secs;
         // Refuses a config the component refuses before anything is claimed or created.
-        let first = runner.fresh_instance()?;
-        runner.keep_instance = runner.setup.component.wit_version() == WitVersion::V0_1;
-        if runner.keep_instance {
-            runner.instance = Some(first);
-        }
+        runner.instance = Some(runner.fresh_instance()?);
         let now = runner.now_rfc3339();
         runner.claim = Some(Claim::take(
             &runner.setup.state,
@@ -522,7 +516,6 @@ impl Runner {
     /// Polls until the component has no `more` (`once`), or until `stop` is raised,
     /// waiting `interval` between rounds.
     pub fn run(&mut self, once: bool, interval: Duration) -> Result<(), RunError> {
-        self.keep_instance |= once;
         while !self.setup.stop.load(Ordering::Relaxed) {
             let Some(wait) = self.poll_round(once, interval)? else {
                 if self.sink_held.is_some() {
@@ -644,9 +637,7 @@ impl Runner {
                 });
             }
         };
-        if self.keep_instance {
-            self.instance = Some(instance);
-        }
+        self.instance = Some(instance);
         let (requests, throttled) = (result.requests, result.throttled);
         let rate_limited = matches!(result.outcome, Err(PollError::RateLimited(_)));
         // A failure whose last request could not connect is the network's, whatever the

@@ -438,3 +438,71 @@ fn polls_that_exceed_the_address_space_fail_with_host_and_serve_lives_on() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("panicked") && !log.contains("abort"), "{log}");
 }
+
+/// A tenant whose recent records fill several pages: after its backfill `serve` goes idle
+/// until the next interval. With a fresh component instance per poll, every window that
+/// spans polls was resumed and followed by another at once, so the re-read overlap (more
+/// than a page here) kept the tenant polling without pause until its call budget ran out.
+#[test]
+fn a_tenant_with_several_pages_of_recent_records_goes_idle_after_its_backfill() {
+    let sim = GraphSim::start(Behaviour {
+        page_max: 4,
+        ..Behaviour::default()
+    });
+    sim.add_alerts("old", 30, Duration::from_secs(20 * 3600));
+    sim.add_alerts("new", 20, Duration::from_secs(300));
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("instances");
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    write_json(
+        &dir.join("secrets/t.json"),
+        &json!({"client-secret": SECRET}),
+    );
+    write_json(
+        &dir.join("busy.json"),
+        &json!({
+            "component": support::alerts_wasm(),
+            "config": sim.config(1),
+            "secrets": "secrets/t.json",
+            "interval_secs": 60,
+        }),
+    );
+    let state = work.path().join("state.db");
+    let log = work.path().join("serve.log");
+    let serve = host(&[
+        "serve",
+        "--instances",
+        &dir.display().to_string(),
+        "--state",
+        &state.display().to_string(),
+        "--out",
+        &work.path().display().to_string(),
+    ])
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let _kill = support::KillOnDrop(serve.id());
+    wait_until(
+        "the backfill delivered",
+        &log,
+        Duration::from_secs(60),
+        || {
+            state.exists()
+                && status_rows(&state)
+                    .first()
+                    .is_some_and(|r| r["events"].as_u64() >= Some(50) && r["undelivered"] == 0)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = sim.requests().len();
+    std::thread::sleep(Duration::from_secs(6));
+    let later = sim.requests().len();
+    assert_eq!(
+        later - settled,
+        0,
+        "Graph calls while the tenant should wait for its interval"
+    );
+    assert_exactly_once(&work.path().join("busy.jsonl"), &sim);
+    let (code, _) = stop(serve, &log);
+    assert_eq!(code, 0);
+}
